@@ -1,0 +1,74 @@
+"""The `pretrain` command: one subcommand per stage, each composing the Hydra config tree.
+
+Heavy libraries (torch, deepspeed, megatron) are imported inside the subcommands that need
+them, so `--help` and the data stages stay quick.
+"""
+
+import argparse
+import sys
+
+from pretrain.config import ConfigError
+
+EXIT_BAD_INPUT = 2
+
+COMMANDS = {
+    ("data", "clean"): ("pretrain.stages:clean", "Normalize, filter and deduplicate raw text into cleaned jsonl shards."),
+    ("tokenizer", "train"): ("pretrain.stages:train_tokenizer", "Train a SentencePiece tokenizer on a sample of the cleaned corpus."),
+    ("data", "shard"): ("pretrain.stages:shard", "Tokenize the cleaned corpus into webdataset shards with a manifest."),
+    ("train",): ("pretrain.stages:train", "Train (or resume) a model; launches torchrun itself when not under one."),
+    ("demo",): ("pretrain.stages:demo", "Run every stage on the standard library's sources, then sample text."),
+}
+
+OVERRIDES_HELP = (
+    "Hydra overrides, e.g. model=llama_125m optim.lr=3e-4 train.run_dir=runs/x. "
+    "Groups: model, data, optim, train, parallel, logging, experiment (see configs/)."
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pretrain", description="LLM pretraining: data → tokenizer → shards → training.")
+    groups = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    nested: dict[str, argparse._SubParsersAction] = {}
+    for words, (target, help_text) in COMMANDS.items():
+        parent = groups
+        if len(words) == 2:
+            if words[0] not in nested:
+                group = groups.add_parser(words[0], help=f"{words[0]} stages")
+                nested[words[0]] = group.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
+            parent = nested[words[0]]
+        sub = parent.add_parser(words[-1], help=help_text, description=help_text)
+        sub.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
+        sub.add_argument("--config-dir", default=None, help="The configs/ tree to compose from.")
+        sub.add_argument("--config-name", default="config", help="Top config file name (default: config).")
+        sub.add_argument("--print-config", action="store_true", help="Print the composed config and exit.")
+        sub.set_defaults(target=target)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from pretrain.config import compose_config, compose_dict
+
+    if args.command == "demo":
+        args.overrides = ["experiment=demo", *args.overrides]
+    if args.print_config:
+        from omegaconf import OmegaConf
+
+        print(OmegaConf.to_yaml(compose_dict(args.overrides, args.config_name, args.config_dir)), end="")
+        return 0
+    cfg = compose_config(args.overrides, args.config_name, args.config_dir)
+    module_name, function_name = args.target.split(":")
+    module = __import__(module_name, fromlist=[function_name])
+    return getattr(module, function_name)(cfg, args) or 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except ConfigError as e:
+        print(f"pretrain: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Metrics: the run's metrics.jsonl, stdout lines and Weights & Biases."""

@@ -1,0 +1,40 @@
+"""The run's metrics.jsonl: one JSON object per logged step, trimmed back on resume."""
+
+import json
+from pathlib import Path
+
+from pretrain.checkpoint.files import write_atomic
+
+
+class MetricsFile:
+    """Appends records to run_dir/metrics.jsonl (rank 0 only)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def truncate_after(self, step: int) -> None:
+        """Drop records past `step`: a resumed run logs those steps again."""
+        if not self.path.is_file():
+            return
+        kept = [line for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= step]
+        write_atomic(self.path, "".join(line + "\n" for line in kept))
+
+    def append(self, record: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """All records of a metrics.jsonl file."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def format_record(record: dict) -> str:
+    """One stdout line for a metrics record."""
+    parts = [f"step {record['step']}"]
+    for key, value in record.items():
+        if key == "step":
+            continue
+        parts.append(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}")
+    return " | ".join(parts)

@@ -1,0 +1,88 @@
+"""What each `pretrain` subcommand does, given the composed config."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from pretrain.config import Config, compose_dict, validate
+
+
+def clean(cfg: Config, args) -> int:
+    from pretrain.data.clean import clean_corpus
+
+    report = clean_corpus(cfg.data.clean, cfg.data.cleaned_dir)
+    dropped = ", ".join(f"{reason} {n}" for reason, n in report["dropped"].items())
+    print(f"cleaned {report['input_documents']} documents: kept {report['kept']}, dropped {dropped} "
+          f"-> {cfg.data.cleaned_dir}")
+    return 0
+
+
+def train_tokenizer(cfg: Config, args) -> int:
+    from pretrain.tokenizers.train import train_tokenizer as train_sentencepiece
+
+    card = train_sentencepiece(cfg.data.tokenizer, cfg.data.cleaned_dir, cfg.data.tokenizer_dir)
+    print(f"trained a {card['vocab_size']}-token {card['model_type']} tokenizer on {card['sample_docs']} "
+          f"documents -> {cfg.data.tokenizer_dir}")
+    return 0
+
+
+def shard(cfg: Config, args) -> int:
+    from pretrain.data.shard import write_shards
+
+    manifest = write_shards(cfg.data.shard, cfg.data.cleaned_dir, cfg.data.tokenizer_dir, cfg.data.dataset_dir)
+    for split, info in manifest["splits"].items():
+        print(f"{split}: {info['samples']} samples, {info['tokens']} tokens in {len(info['shards'])} shards")
+    print(f"-> {cfg.data.dataset_dir}")
+    return 0
+
+
+def train(cfg: Config, args) -> int:
+    """Train in this process, or launch torchrun on this node when not started by a launcher."""
+    under_launcher = "WORLD_SIZE" in os.environ
+    world_size = int(os.environ["WORLD_SIZE"]) if under_launcher else cfg.parallel.nproc_per_node
+    validate(cfg, world_size)
+    if not under_launcher and cfg.parallel.nproc_per_node > 1:
+        from pretrain.train.run import check_inputs
+
+        check_inputs(cfg)
+        return launch_torchrun(cfg.parallel.nproc_per_node, args)
+    from pretrain.train.run import run_training
+
+    run_training(cfg, compose_dict(args.overrides, args.config_name, args.config_dir))
+    return 0
+
+
+def launch_torchrun(nproc: int, args) -> int:
+    """Re-run this command under torchrun with `nproc` processes on this machine."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "pretrain.cli", args.command, *args.overrides, "--config-name", args.config_name]
+    if args.config_dir:
+        command += ["--config-dir", str(args.config_dir)]
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, os.cpu_count() // nproc)))}
+    return subprocess.run(command, env=env).returncode
+
+
+def demo(cfg: Config, args) -> int:
+    """Every stage on the standard library's sources; stages whose output exists are skipped."""
+    data = cfg.data
+    if not Path(data.cleaned_dir, "report.json").is_file():
+        clean(cfg, args)
+    if not Path(data.tokenizer_dir, "card.json").is_file():
+        train_tokenizer(cfg, args)
+    if not Path(data.dataset_dir, "manifest.json").is_file():
+        shard(cfg, args)
+    args.command = "train"
+    code = train(cfg, args)
+    if code == 0:
+        print_summary(Path(cfg.train.run_dir))
+    return code
+
+
+def print_summary(run_dir: Path) -> None:
+    from pretrain.monitor.metrics import read_metrics
+
+    valid = [r["valid_loss"] for r in read_metrics(run_dir / "metrics.jsonl") if "valid_loss" in r]
+    if len(valid) >= 2:
+        print(f"validation loss {valid[0]:.3f} -> {valid[-1]:.3f} ({100 * valid[-1] / valid[0]:.0f}% of the first)")
+    print(f"run directory: {run_dir.resolve()}")

@@ -1,0 +1,71 @@
+"""Configuration of the optimizer, the schedule and the training loop."""
+
+from dataclasses import dataclass, field
+
+from pretrain.config.errors import ConfigError, check_choice, check_positive
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    """Peak learning rate, reached at the end of warmup."""
+    min_lr: float = 1e-4
+    """Floor of the cosine decay."""
+    warmup_steps: int = 10
+    decay_steps: int = 0
+    """Steps of cosine decay after warmup; 0 means until train.train_steps."""
+    weight_decay: float = 0.1
+    """AdamW weight decay, applied to matrices only (not norms, not biases)."""
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+    """Global gradient-norm clipping; 0 turns it off."""
+
+    def __post_init__(self):
+        check_positive("optim.lr", self.lr)
+        check_positive("optim.min_lr", self.min_lr, allow_zero=True)
+        if self.min_lr > self.lr:
+            raise ConfigError("optim.min_lr", f"{self.min_lr} is larger than optim.lr={self.lr}")
+        for key in ("warmup_steps", "decay_steps", "weight_decay", "eps", "grad_clip"):
+            check_positive(f"optim.{key}", getattr(self, key), allow_zero=True)
+        for key in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, key) < 1.0:
+                raise ConfigError(f"optim.{key}", "must be in [0, 1)")
+
+
+@dataclass
+class TrainConfig:
+    run_dir: str = "runs/${model.name}"
+    """The run's directory: config, checkpoints, metrics, W&B files. An existing one is resumed."""
+    train_steps: int = 100
+    """Optimizer steps to train for (the run ends at this step, across restarts)."""
+    micro_batch_size: int = 4
+    """Samples per process per forward/backward."""
+    global_batch_size: int = 16
+    """Samples per optimizer step over all data-parallel ranks (with gradient accumulation)."""
+    precision: str = "fp32"
+    """fp32, bf16 or fp16 (fp16 needs a GPU)."""
+    seed: int = 1234
+    log_interval: int = 10
+    """Steps between metric logs (stdout, metrics.jsonl, W&B)."""
+    eval_interval: int = 50
+    """Steps between validation losses; 0 turns validation off. Also run at the start and the end."""
+    eval_batches: int = 4
+    """Micro-batches per data-parallel rank in one validation."""
+    save_interval: int = 50
+    """Steps between checkpoints; a checkpoint is also written at the end."""
+    sample_prompts: list[str] = field(default_factory=list)
+    """Prompts to continue with the trained model at the end (printed by rank 0)."""
+    sample_tokens: int = 48
+    """Tokens to generate per prompt."""
+
+    def __post_init__(self):
+        for key in ("train_steps", "micro_batch_size", "global_batch_size", "log_interval", "eval_batches"):
+            check_positive(f"train.{key}", getattr(self, key))
+        for key in ("eval_interval", "save_interval", "sample_tokens"):
+            check_positive(f"train.{key}", getattr(self, key), allow_zero=True)
+        check_choice("train.precision", self.precision, ("fp32", "bf16", "fp16"))
+        if self.global_batch_size % self.micro_batch_size:
+            raise ConfigError("train.global_batch_size",
+                              f"{self.global_batch_size} is not divisible by train.micro_batch_size={self.micro_batch_size}")

@@ -1,0 +1,95 @@
+"""Assemble a training run from the config: processes, data, model, engine, callbacks."""
+
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from pretrain.checkpoint import store
+from pretrain.checkpoint.files import write_atomic
+from pretrain.config import Config, ConfigError
+from pretrain.data.loader import ShardedSamples, TrainBatches, valid_batches
+from pretrain.data.manifest import load_manifest
+from pretrain.model.gpt import build_model, padded_vocab_size
+from pretrain.monitor.metrics import MetricsFile
+from pretrain.monitor.wandb_run import start_run
+from pretrain.parallel.layout import ParallelLayout, destroy_distributed, init_distributed
+from pretrain.tokenizers.tokenizer import Tokenizer
+from pretrain.train import callbacks as cb
+from pretrain.train.engine import build_engine
+from pretrain.train.trainer import Trainer
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def run_training(cfg: Config, config_dict: dict) -> None:
+    """Train (resuming from the run directory's latest checkpoint if there is one)."""
+    tokenizer = check_inputs(cfg)
+    layout = init_distributed(cfg.parallel, cfg.train.seed)
+    try:
+        trainer = build_trainer(cfg, config_dict, layout, tokenizer)
+        trainer.fit()
+        trainer.print(f"run directory: {Path(cfg.train.run_dir).resolve()}")
+    finally:
+        destroy_distributed()
+
+
+def check_inputs(cfg: Config) -> Tokenizer:
+    """The tokenizer and dataset must exist and belong together; checked before any process group."""
+    tokenizer = Tokenizer(cfg.data.tokenizer_dir)
+    manifest = load_manifest(cfg.data.dataset_dir)
+    if manifest["tokenizer_sha256"] != tokenizer.sha256:
+        raise ConfigError("data.dataset_dir", f"{cfg.data.dataset_dir} was tokenized with another tokenizer "
+                          f"than {cfg.data.tokenizer_dir}; run `pretrain data shard` again")
+    if manifest["sequence_length"] != cfg.model.seq_length:
+        raise ConfigError("model.seq_length", f"{cfg.model.seq_length} differs from the dataset's "
+                          f"sequence_length={manifest['sequence_length']} in {cfg.data.dataset_dir}")
+    if cfg.model.vocab_size and cfg.model.vocab_size < tokenizer.vocab_size:
+        raise ConfigError("model.vocab_size", f"{cfg.model.vocab_size} is smaller than the tokenizer's {tokenizer.vocab_size}")
+    return tokenizer
+
+
+def build_trainer(cfg: Config, config_dict: dict, layout: ParallelLayout, tokenizer: Tokenizer) -> Trainer:
+    run_dir = Path(cfg.train.run_dir)
+    if layout.rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(config_dict))
+    vocab_size = padded_vocab_size(cfg.model.vocab_size or tokenizer.vocab_size, cfg.model, layout.tensor_parallel_size)
+    model = build_model(cfg.model, vocab_size, layout.tensor_parallel_size, DTYPES[cfg.train.precision])
+    engine = build_engine(cfg, model, layout)
+    trainer = Trainer(engine, train_batches(cfg, layout), build_callbacks(cfg, config_dict, layout, tokenizer),
+                      str(run_dir), cfg.train.train_steps, cfg.model.seq_length, engine.device)
+    resume(trainer, run_dir)
+    return trainer
+
+
+def train_batches(cfg: Config, layout: ParallelLayout) -> TrainBatches:
+    samples = ShardedSamples(cfg.data.dataset_dir, "train")
+    return TrainBatches(samples, cfg.data.seed, cfg.train.micro_batch_size, cfg.train.global_batch_size,
+                        layout.data_parallel_rank, layout.data_parallel_size)
+
+
+def build_callbacks(cfg: Config, config_dict: dict, layout: ParallelLayout, tokenizer: Tokenizer) -> list:
+    train = cfg.train
+    callbacks = [cb.StepMetrics(train.log_interval, train.global_batch_size * cfg.model.seq_length)]
+    if train.eval_interval:
+        valid = valid_batches(ShardedSamples(cfg.data.dataset_dir, "valid"), train.micro_batch_size,
+                              train.eval_batches, layout.data_parallel_rank, layout.data_parallel_size)
+        callbacks.append(cb.Evaluation(train.eval_interval, valid))
+    callbacks += [cb.Checkpointing(train.save_interval), cb.MetricsLog(MetricsFile(Path(train.run_dir) / "metrics.jsonl"))]
+    if cfg.logging.wandb.enabled:
+        callbacks.append(cb.Wandb(lambda run_id: start_run(cfg.logging.wandb, train.run_dir, run_id, OmegaConf.to_container(config_dict),
+                                                           name=Path(train.run_dir).name)))
+    callbacks.append(cb.Samples(train.sample_prompts, train.sample_tokens, tokenizer, train.seed))
+    return callbacks
+
+
+def resume(trainer: Trainer, run_dir: Path) -> None:
+    """Continue from `latest` if the run directory has one; say so either way."""
+    tag = store.latest_tag(run_dir)
+    if tag is None:
+        trainer.print(f"starting a new run in {run_dir}")
+        return
+    trainer.load_state_dict(store.load(trainer.engine, run_dir, tag))
+    trainer.print(f"resuming from {store.checkpoints_dir(run_dir) / tag} "
+                  f"(step {trainer.step}, consumed_samples {trainer.batches.consumed_samples})")

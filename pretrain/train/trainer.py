@@ -1,0 +1,93 @@
+"""The training loop. It runs steps; callbacks do everything else."""
+
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+
+from pretrain.model.gpt import language_model_loss
+
+
+class Trainer:
+    def __init__(self, engine, batches, callbacks, run_dir: str, train_steps: int, seq_length: int, device):
+        self.engine = engine
+        self.batches = batches
+        self.callbacks = callbacks
+        self.run_dir = Path(run_dir)
+        self.train_steps = train_steps
+        self.seq_length = seq_length
+        self.device = device
+        self.step = 0
+        self.is_rank0 = dist.get_rank() == 0
+
+    def fit(self) -> None:
+        """Train until `train_steps`, from wherever the state says the run is."""
+        for callback in self.callbacks:
+            callback.on_train_start(self)
+        while self.step < self.train_steps:
+            metrics = self.train_step()
+            self.step += 1
+            for callback in self.callbacks:
+                callback.on_step_end(self, metrics)
+        for callback in self.callbacks:
+            callback.on_train_end(self)
+
+    def train_step(self) -> dict:
+        """One optimizer step: every micro-batch of this rank's share of the global batch."""
+        started = time.perf_counter()
+        self.engine.train()
+        lr = self.engine.get_lr()[0]
+        losses = []
+        for micro_batch in self.batches.next_global_batch():
+            loss = language_model_loss(self.engine, micro_batch["tokens"].to(self.device))
+            self.engine.backward(loss)
+            self.engine.step()  # DeepSpeed steps the optimizer only at the accumulation boundary
+            losses.append(loss.detach().float())
+        return {
+            "loss": self._data_parallel_mean(torch.stack(losses).mean()),
+            "lr": lr,
+            "grad_norm": _as_float(self.engine.get_global_grad_norm()),
+            "step_time": time.perf_counter() - started,
+        }
+
+    @torch.no_grad()
+    def evaluate(self, micro_batches: list[dict]) -> float:
+        """Mean validation loss over this rank's micro-batches, averaged over data-parallel ranks."""
+        self.engine.eval()
+        losses = [language_model_loss(self.engine, mb["tokens"].to(self.device)).float() for mb in micro_batches]
+        self.engine.train()
+        return self._data_parallel_mean(torch.stack(losses).mean())
+
+    def log(self, record: dict) -> None:
+        for callback in self.callbacks:
+            callback.on_log(self, record)
+
+    def print(self, message: str) -> None:
+        if self.is_rank0:
+            print(message, flush=True)
+
+    def state_dict(self) -> dict:
+        return {
+            "step": self.step,
+            "consumed_samples": self.batches.consumed_samples,
+            "callbacks": {cb.name: cb.state_dict() for cb in self.callbacks},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = state["step"]
+        self.batches.consumed_samples = state["consumed_samples"]
+        for callback in self.callbacks:
+            callback.load_state_dict(state["callbacks"].get(callback.name, {}))
+
+    def _data_parallel_mean(self, value: torch.Tensor) -> float:
+        value = value.detach().clone()
+        dist.all_reduce(value, group=parallel_state.get_data_parallel_group())
+        return value.item() / parallel_state.get_data_parallel_world_size()
+
+
+def _as_float(value) -> float:
+    if value is None:
+        return float("nan")
+    return float(value.item() if isinstance(value, torch.Tensor) else value)
