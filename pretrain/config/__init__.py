@@ -1,7 +1,7 @@
 """Run configuration: the schema, Hydra composition, and cross-component validation."""
 
 from pretrain.config.compose import compose_config, compose_dict, config_dir
-from pretrain.config.errors import ConfigError
+from pretrain.errors import ConfigError
 from pretrain.config.schema import Config
 from pretrain.config.validate import validate
 

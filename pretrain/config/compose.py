@@ -10,7 +10,7 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from pretrain.config.errors import ConfigError
+from pretrain.errors import ConfigError
 from pretrain.config.schema import Config
 
 DEFAULT_CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"

@@ -1,6 +1,6 @@
 """Checks across components, run before any process group, model or file is created."""
 
-from pretrain.config.errors import ConfigError
+from pretrain.errors import ConfigError
 from pretrain.config.schema import Config
 
 

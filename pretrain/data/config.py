@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass, field
 
-from pretrain.config.errors import ConfigError, check_choice, check_positive
+from pretrain.errors import ConfigError, check_choice, check_positive
 
 
 @dataclass
@@ -11,6 +11,8 @@ class CleanConfig:
     """Raw inputs: .jsonl files (one {"text": ...} per line) or folders of text files."""
     glob: str = "**/*.txt"
     """Which files to read inside an input folder."""
+    exclude: list[str] = field(default_factory=list)
+    """fnmatch patterns, relative to the input folder, of files to skip (e.g. "site-packages/*")."""
     text_key: str = "text"
     """The field holding the document in jsonl inputs."""
     min_chars: int = 200

@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass, field
 
-from pretrain.config.errors import check_choice
+from pretrain.errors import check_choice
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The run's metrics.jsonl: one JSON object per logged step, trimmed back on resume."""
+"""JSON-lines logs keyed by step (metrics.jsonl and friends), trimmed back on resume."""
 
 import json
 from pathlib import Path
@@ -7,7 +7,7 @@ from pretrain.checkpoint.files import write_atomic
 
 
 class MetricsFile:
-    """Appends records to run_dir/metrics.jsonl (rank 0 only)."""
+    """An append-only JSON-lines log keyed by step (metrics.jsonl, the per-rank sample logs)."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)

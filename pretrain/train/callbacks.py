@@ -5,6 +5,7 @@ checkpoint (`state_dict`/`load_state_dict`, keyed by the callback's `name`).
 """
 
 import time
+from pathlib import Path
 
 import torch
 
@@ -109,6 +110,25 @@ class MetricsLog(Callback):
         if trainer.is_rank0:
             self.file.append(record)
             print(format_record(record), flush=True)
+
+
+class SampleLog(Callback):
+    """Each rank records which samples every step consumed: run_dir/samples/rank_R.jsonl.
+
+    An audit trail for "no sample lost or repeated" across restarts and re-layouts.
+    """
+
+    name = "sample_log"
+
+    def __init__(self, run_dir: str, rank: int):
+        self.file = MetricsFile(Path(run_dir) / "samples" / f"rank_{rank:05d}.jsonl")
+
+    def on_train_start(self, trainer):
+        self.file.path.parent.mkdir(parents=True, exist_ok=True)
+        self.file.truncate_after(trainer.step)
+
+    def on_step_end(self, trainer, metrics):
+        self.file.append({"step": trainer.step, "sample_ids": metrics["sample_ids"]})
 
 
 class Wandb(Callback):

@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass, field
 
-from pretrain.config.errors import ConfigError, check_choice, check_positive
+from pretrain.errors import ConfigError, check_choice, check_positive
 
 
 @dataclass
@@ -51,17 +51,19 @@ class TrainConfig:
     """Steps between metric logs (stdout, metrics.jsonl, W&B)."""
     eval_interval: int = 50
     """Steps between validation losses; 0 turns validation off. Also run at the start and the end."""
-    eval_batches: int = 4
-    """Micro-batches per data-parallel rank in one validation."""
+    eval_samples: int = 64
+    """Validation samples per evaluation (the first ones of the valid split; the same set for any layout)."""
     save_interval: int = 50
     """Steps between checkpoints; a checkpoint is also written at the end."""
+    log_sample_ids: bool = False
+    """Record every step's sample ids per rank in run_dir/samples/ (an audit of the data order)."""
     sample_prompts: list[str] = field(default_factory=list)
     """Prompts to continue with the trained model at the end (printed by rank 0)."""
     sample_tokens: int = 48
     """Tokens to generate per prompt."""
 
     def __post_init__(self):
-        for key in ("train_steps", "micro_batch_size", "global_batch_size", "log_interval", "eval_batches"):
+        for key in ("train_steps", "micro_batch_size", "global_batch_size", "log_interval", "eval_samples"):
             check_positive(f"train.{key}", getattr(self, key))
         for key in ("eval_interval", "save_interval", "sample_tokens"):
             check_positive(f"train.{key}", getattr(self, key), allow_zero=True)

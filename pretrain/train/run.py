@@ -7,9 +7,8 @@ from omegaconf import OmegaConf
 
 from pretrain.checkpoint import store
 from pretrain.checkpoint.files import write_atomic
-from pretrain.config import Config, ConfigError
+from pretrain.config import Config
 from pretrain.data.loader import ShardedSamples, TrainBatches, valid_batches
-from pretrain.data.manifest import load_manifest
 from pretrain.model.gpt import build_model, padded_vocab_size
 from pretrain.monitor.metrics import MetricsFile
 from pretrain.monitor.wandb_run import start_run
@@ -17,6 +16,7 @@ from pretrain.parallel.layout import ParallelLayout, destroy_distributed, init_d
 from pretrain.tokenizers.tokenizer import Tokenizer
 from pretrain.train import callbacks as cb
 from pretrain.train.engine import build_engine
+from pretrain.train.inputs import check_inputs
 from pretrain.train.trainer import Trainer
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -32,21 +32,6 @@ def run_training(cfg: Config, config_dict: dict) -> None:
         trainer.print(f"run directory: {Path(cfg.train.run_dir).resolve()}")
     finally:
         destroy_distributed()
-
-
-def check_inputs(cfg: Config) -> Tokenizer:
-    """The tokenizer and dataset must exist and belong together; checked before any process group."""
-    tokenizer = Tokenizer(cfg.data.tokenizer_dir)
-    manifest = load_manifest(cfg.data.dataset_dir)
-    if manifest["tokenizer_sha256"] != tokenizer.sha256:
-        raise ConfigError("data.dataset_dir", f"{cfg.data.dataset_dir} was tokenized with another tokenizer "
-                          f"than {cfg.data.tokenizer_dir}; run `pretrain data shard` again")
-    if manifest["sequence_length"] != cfg.model.seq_length:
-        raise ConfigError("model.seq_length", f"{cfg.model.seq_length} differs from the dataset's "
-                          f"sequence_length={manifest['sequence_length']} in {cfg.data.dataset_dir}")
-    if cfg.model.vocab_size and cfg.model.vocab_size < tokenizer.vocab_size:
-        raise ConfigError("model.vocab_size", f"{cfg.model.vocab_size} is smaller than the tokenizer's {tokenizer.vocab_size}")
-    return tokenizer
 
 
 def build_trainer(cfg: Config, config_dict: dict, layout: ParallelLayout, tokenizer: Tokenizer) -> Trainer:
@@ -69,18 +54,23 @@ def train_batches(cfg: Config, layout: ParallelLayout) -> TrainBatches:
                         layout.data_parallel_rank, layout.data_parallel_size)
 
 
-def build_callbacks(cfg: Config, config_dict: dict, layout: ParallelLayout, tokenizer: Tokenizer) -> list:
+def build_callbacks(cfg: Config, config_dict, layout: ParallelLayout, tokenizer: Tokenizer) -> list:
+    """Sinks first, so that records made at the start (the step-0 validation) reach them all."""
     train = cfg.train
-    callbacks = [cb.StepMetrics(train.log_interval, train.global_batch_size * cfg.model.seq_length)]
-    if train.eval_interval:
-        valid = valid_batches(ShardedSamples(cfg.data.dataset_dir, "valid"), train.micro_batch_size,
-                              train.eval_batches, layout.data_parallel_rank, layout.data_parallel_size)
-        callbacks.append(cb.Evaluation(train.eval_interval, valid))
-    callbacks += [cb.Checkpointing(train.save_interval), cb.MetricsLog(MetricsFile(Path(train.run_dir) / "metrics.jsonl"))]
+    callbacks = [cb.MetricsLog(MetricsFile(Path(train.run_dir) / "metrics.jsonl"))]
     if cfg.logging.wandb.enabled:
-        callbacks.append(cb.Wandb(lambda run_id: start_run(cfg.logging.wandb, train.run_dir, run_id, OmegaConf.to_container(config_dict),
+        config = OmegaConf.to_container(config_dict)
+        callbacks.append(cb.Wandb(lambda run_id: start_run(cfg.logging.wandb, train.run_dir, run_id, config,
                                                            name=Path(train.run_dir).name)))
-    callbacks.append(cb.Samples(train.sample_prompts, train.sample_tokens, tokenizer, train.seed))
+    if train.log_sample_ids:
+        callbacks.append(cb.SampleLog(train.run_dir, layout.rank))
+    callbacks.append(cb.StepMetrics(train.log_interval, train.global_batch_size * cfg.model.seq_length))
+    if train.eval_interval:
+        valid = valid_batches(ShardedSamples(cfg.data.dataset_dir, "valid"), train.eval_samples,
+                              train.micro_batch_size, layout.data_parallel_rank, layout.data_parallel_size)
+        callbacks.append(cb.Evaluation(train.eval_interval, valid))
+    callbacks += [cb.Checkpointing(train.save_interval),
+                  cb.Samples(train.sample_prompts, train.sample_tokens, tokenizer, train.seed)]
     return callbacks
 
 

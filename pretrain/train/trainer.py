@@ -39,13 +39,15 @@ class Trainer:
         started = time.perf_counter()
         self.engine.train()
         lr = self.engine.get_lr()[0]
-        losses = []
+        losses, sample_ids = [], []
         for micro_batch in self.batches.next_global_batch():
             loss = language_model_loss(self.engine, micro_batch["tokens"].to(self.device))
             self.engine.backward(loss)
             self.engine.step()  # DeepSpeed steps the optimizer only at the accumulation boundary
             losses.append(loss.detach().float())
+            sample_ids += micro_batch["sample_ids"].tolist()
         return {
+            "sample_ids": sample_ids,
             "loss": self._data_parallel_mean(torch.stack(losses).mean()),
             "lr": lr,
             "grad_norm": _as_float(self.engine.get_global_grad_norm()),
@@ -54,11 +56,15 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, micro_batches: list[dict]) -> float:
-        """Mean validation loss over this rank's micro-batches, averaged over data-parallel ranks."""
+        """Mean validation loss per sample over every data-parallel rank's micro-batches."""
         self.engine.eval()
-        losses = [language_model_loss(self.engine, mb["tokens"].to(self.device)).float() for mb in micro_batches]
+        total = torch.zeros(2, dtype=torch.float64)  # [sum of per-sample mean losses, samples]
+        for mb in micro_batches:
+            loss = language_model_loss(self.engine, mb["tokens"].to(self.device))
+            total += torch.tensor([loss.item() * len(mb["tokens"]), len(mb["tokens"])], dtype=torch.float64)
         self.engine.train()
-        return self._data_parallel_mean(torch.stack(losses).mean())
+        dist.all_reduce(total, group=parallel_state.get_data_parallel_group())
+        return (total[0] / total[1]).item()
 
     def log(self, record: dict) -> None:
         for callback in self.callbacks:

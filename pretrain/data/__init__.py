@@ -1,0 +1,1 @@
+"""The data pipeline: clean → tokenizer → shards + manifest → loader."""

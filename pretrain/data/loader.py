@@ -1,0 +1,220 @@
+"""The loader: random access to shard samples, the seeded sample order, and per-rank batches.
+
+The data position of a run is one number, consumed_samples. Global index g maps to
+sample global_sample_id(g) (a fresh permutation per epoch, a pure function of the seed),
+and data-parallel rank r of dp takes indices r, r + dp, ... of each global batch; so a
+resumed run, even on another dp size, reads exactly the samples an uninterrupted one would.
+"""
+
+import collections
+import functools
+import operator
+import os
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pretrain.errors import ConfigError
+from pretrain.data.manifest import KEY, load_manifest
+
+# Shards open at once per ShardedSamples; reads use pread, so no file position is shared.
+MAX_OPEN_SHARDS = 64
+
+
+class ShardedSamples:
+    """Samples of one split of a dataset, read by global index straight from the .tar shards."""
+
+    def __init__(self, dataset_dir: str | Path, split: str):
+        self.dir = Path(dataset_dir)
+        self.manifest = load_manifest(self.dir)
+        if split not in self.manifest["splits"]:
+            raise ConfigError(KEY, f"{self.dir} has no split {split!r}")
+        self.split = split
+        shards = self.manifest["splits"][split]["shards"]
+        self.paths = [self.dir / shard["path"] for shard in shards]
+        self.starts = np.cumsum([0] + [shard["samples"] for shard in shards])
+        self.sample_length = self.manifest["sequence_length"] + 1
+        # Offsets are found per shard on first use: constructing costs no shard reads.
+        self._offsets: list[np.ndarray | None] = [None] * len(shards)
+        self._files: collections.OrderedDict[int, int] = collections.OrderedDict()
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __getitem__(self, index) -> np.ndarray:
+        index = operator.index(index)
+        if not 0 <= index < len(self):
+            raise IndexError(f"sample {index} out of range for {len(self)} {self.split} samples")
+        shard = int(np.searchsorted(self.starts, index, side="right")) - 1
+        offset = int(self._shard_offsets(shard)[index - self.starts[shard]])
+        out = np.empty(self.sample_length, dtype="<i4")
+        if os.preadv(self._fd(shard), [out], offset) != out.nbytes:
+            raise ConfigError(KEY, f"shard {self.paths[shard]} is truncated")
+        return out
+
+    def _shard_offsets(self, shard: int) -> np.ndarray:
+        if self._offsets[shard] is None:
+            expected = int(self.starts[shard + 1] - self.starts[shard])
+            first_key = f"{self.split}-{int(self.starts[shard]):09d}"
+            path = self.paths[shard]
+            self._offsets[shard] = _index_shard(path, self.sample_length, expected, first_key)
+        return self._offsets[shard]
+
+    def _fd(self, shard: int) -> int:
+        if shard in self._files:
+            self._files.move_to_end(shard)
+            return self._files[shard]
+        if len(self._files) >= MAX_OPEN_SHARDS:
+            os.close(self._files.popitem(last=False)[1])
+        self._files[shard] = os.open(self.paths[shard], os.O_RDONLY)
+        return self._files[shard]
+
+    def close(self) -> None:
+        """Close the open shard files (reads reopen them)."""
+        while self._files:
+            os.close(self._files.popitem()[1])
+
+    def __getstate__(self):
+        # File descriptors do not travel to another process; offsets do.
+        state = self.__dict__.copy()
+        state["_files"] = collections.OrderedDict()
+        return state
+
+    def __del__(self):
+        if getattr(self, "_files", None):
+            self.close()
+
+
+def _index_shard(path: Path, sample_length: int, expected: int, first_key: str) -> np.ndarray:
+    """Byte offsets of each sample's int32 data inside one .tar shard, in sample order."""
+    if not path.is_file():
+        raise ConfigError(KEY, f"shard {path} is missing")
+    with tarfile.open(path) as tar:
+        members = [m for m in tar.getmembers() if m.name.endswith(".tokens.npy")]
+    if len(members) != expected or (members and members[0].name != f"{first_key}.tokens.npy"):
+        raise ConfigError(KEY, f"shard {path} does not hold the {expected} samples manifest.json lists")
+    header = _npy_header_length(path, members[0], sample_length) if members else 0
+    if any(m.size != members[0].size for m in members):
+        raise ConfigError(KEY, f"shard {path} has samples of different lengths")
+    return np.array([m.offset_data + header for m in members], dtype=np.int64)
+
+
+def _npy_header_length(path: Path, member: tarfile.TarInfo, sample_length: int) -> int:
+    # Every sample of a shard was written with the same header; parse the first one.
+    with open(path, "rb") as f:
+        f.seek(member.offset_data)
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+        else:
+            shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+        header = f.tell() - member.offset_data
+    expected_size = header + 4 * sample_length
+    if shape != (sample_length,) or dtype != np.dtype("<i4") or member.size != expected_size:
+        raise ConfigError(KEY, f"shard {path} does not hold int32 samples of {sample_length} tokens")
+    return header
+
+
+def sample_order(num_samples: int, seed: int, epoch: int) -> np.ndarray:
+    """The order in which one epoch visits the samples: a permutation seeded by (seed, epoch)."""
+    return np.random.default_rng((seed, epoch)).permutation(num_samples)
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_order(num_samples: int, seed: int, epoch: int) -> np.ndarray:
+    # Two epochs cached: a global batch may straddle an epoch boundary.
+    order = sample_order(num_samples, seed, epoch)
+    order.flags.writeable = False
+    return order
+
+
+def global_sample_id(index: int, num_samples: int, seed: int) -> int:
+    """The sample read at global index `index`: epoch = index // num_samples, then that epoch's order."""
+    epoch, position = divmod(index, num_samples)
+    return int(_cached_order(num_samples, seed, epoch)[position])
+
+
+class TrainBatches:
+    """One dp rank's share of each global batch, as micro-batches; resumes from consumed_samples."""
+
+    def __init__(
+        self,
+        samples: ShardedSamples,
+        seed: int,
+        micro_batch_size: int,
+        global_batch_size: int,
+        dp_rank: int,
+        dp_size: int,
+        consumed_samples: int = 0,
+    ):
+        _check_batch_layout(micro_batch_size, global_batch_size, dp_rank, dp_size)
+        if len(samples) == 0:
+            raise ConfigError(KEY, f"the {samples.split} split of {samples.dir} has no samples")
+        self.samples = samples
+        self.seed = seed
+        self.micro_batch_size = micro_batch_size
+        self.global_batch_size = global_batch_size
+        self.dp_rank = dp_rank
+        self.dp_size = dp_size
+        self.consumed_samples = consumed_samples
+
+    def next_global_batch(self) -> list[dict]:
+        """This rank's micro-batches of the global batch at consumed_samples; then advance it."""
+        start = self.consumed_samples
+        indices = range(start + self.dp_rank, start + self.global_batch_size, self.dp_size)
+        ids = [global_sample_id(i, len(self.samples), self.seed) for i in indices]
+        self.consumed_samples += self.global_batch_size
+        return _micro_batches(self.samples, ids, self.micro_batch_size)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> list[dict]:
+        return self.next_global_batch()
+
+    def state_dict(self) -> dict:
+        """The whole resumable state: one number."""
+        return {"consumed_samples": self.consumed_samples}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume at state["consumed_samples"]."""
+        self.consumed_samples = int(state["consumed_samples"])
+
+
+def _check_batch_layout(micro_batch_size: int, global_batch_size: int, dp_rank: int, dp_size: int):
+    if micro_batch_size <= 0 or dp_size <= 0 or not 0 <= dp_rank < dp_size:
+        layout = f"micro_batch_size={micro_batch_size}, dp rank {dp_rank} of {dp_size}"
+        raise ValueError(f"bad batch layout: {layout}")
+    if global_batch_size <= 0 or global_batch_size % (micro_batch_size * dp_size) != 0:
+        raise ConfigError(
+            "train.global_batch_size",
+            f"{global_batch_size} is not a positive multiple of micro_batch_size x data-parallel size "
+            f"= {micro_batch_size} x {dp_size}",
+        )
+
+
+def valid_batches(samples: ShardedSamples, num_samples: int, micro_batch_size: int, dp_rank: int,
+                  dp_size: int) -> list[dict]:
+    """This rank's stride of the first `num_samples` validation samples (the same set for any layout).
+
+    The split is used whole when it is smaller; the last micro-batch may be short, and a rank
+    may get none, so callers weight losses by sample counts.
+    """
+    if len(samples) == 0:
+        message = f"the {samples.split} split of {samples.dir} has no samples"
+        raise ConfigError("data.shard.valid_fraction", message)
+    _check_batch_layout(micro_batch_size, micro_batch_size * dp_size, dp_rank, dp_size)
+    ids = list(range(dp_rank, min(num_samples, len(samples)), dp_size))
+    return _micro_batches(samples, ids, micro_batch_size)
+
+
+def _micro_batches(samples: ShardedSamples, ids: list[int], micro_batch_size: int) -> list[dict]:
+    starts = range(0, len(ids), micro_batch_size)
+    return [_micro_batch(samples, ids[k : k + micro_batch_size]) for k in starts]
+
+
+def _micro_batch(samples: ShardedSamples, ids: list[int]) -> dict:
+    tokens = np.stack([samples[i] for i in ids])
+    return {"tokens": torch.from_numpy(tokens).long(), "sample_ids": torch.tensor(ids, dtype=torch.long)}

@@ -1,0 +1,1 @@
+"""SentencePiece training and the tokenizer wrapper (with its card)."""
