@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from pretrain.checkpoint.files import write_atomic, write_json_atomic
+from pretrain.io import write_atomic, write_json
 
 LATEST = "latest"
 TRAINER_STATE = "trainer_state.json"
@@ -46,7 +46,7 @@ def save(engine, run_dir: str | Path, step: int, trainer_state: dict) -> Path:
     (root / tag / "rng").mkdir(parents=True, exist_ok=True)
     torch.save(rng_state(), root / tag / "rng" / f"rank_{rank:05d}.pt")
     if rank == 0:
-        write_json_atomic(root / tag / TRAINER_STATE, trainer_state)
+        write_json(root / tag / TRAINER_STATE, trainer_state)
     dist.barrier()
     if rank == 0:
         write_atomic(root / LATEST, tag + "\n")

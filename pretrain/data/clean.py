@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pretrain.errors import ConfigError
 from pretrain.data.config import CleanConfig
-from pretrain.data.io import atomic_dir, write_json
+from pretrain.io import atomic_dir, write_json
 
 KEY = "data.clean.inputs"
 DROP_REASONS = ("too_short", "too_long", "duplicate", "not_utf8")

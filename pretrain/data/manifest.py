@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from pretrain.errors import ConfigError
-from pretrain.data.io import read_json, sha256_file
+from pretrain.io import read_json, sha256_file
 
 KEY = "data.dataset_dir"
 MANIFEST_FORMAT = 1

@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from pretrain.config.errors import ConfigError, check_positive
+from pretrain.errors import ConfigError, check_positive
 
 
 @dataclass

@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from pretrain.checkpoint.files import write_atomic
+from pretrain.io import write_atomic
 
 
 class MetricsFile:
@@ -16,13 +16,20 @@ class MetricsFile:
         """Drop records past `step`: a resumed run logs those steps again."""
         if not self.path.is_file():
             return
-        kept = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step]
+        kept = [line for line in self.path.read_text().splitlines() if _step_of(line) <= step]
         write_atomic(self.path, "".join(line + "\n" for line in kept))
 
     def append(self, record: dict) -> None:
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
+
+
+def _step_of(line: str) -> float:
+    """The record's step; a torn line (the process was killed mid-write) sorts past any step."""
+    try:
+        return json.loads(line).get("step", 0)
+    except json.JSONDecodeError:
+        return float("inf")
 
 
 def read_metrics(path: str | Path) -> list[dict]:

@@ -6,7 +6,7 @@ from pathlib import Path
 import sentencepiece as spm
 
 from pretrain.errors import ConfigError
-from pretrain.data.io import read_json
+from pretrain.io import read_json
 
 KEY = "data.tokenizer_dir"
 

@@ -14,7 +14,7 @@ import sentencepiece as spm
 from pretrain.errors import ConfigError
 from pretrain.data.clean import cleaned_files, read_cleaned
 from pretrain.data.config import TokenizerConfig
-from pretrain.data.io import atomic_dir, sha256_file, sha256_files, write_json
+from pretrain.io import atomic_dir, sha256_file, sha256_files, write_json
 
 SPECIAL_IDS = {"pad_id": 0, "bos_id": 1, "eos_id": 2, "unk_id": 3}
 # "\n" is its own piece: training reads one line per sentence, so pieces never span lines.

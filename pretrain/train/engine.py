@@ -6,7 +6,7 @@ import torch
 from pretrain.config import Config
 from pretrain.parallel.layout import ParallelLayout
 from pretrain.parallel.mpu import MegatronMPU
-from pretrain.train.schedule import WarmupCosine
+from pretrain.train.schedule import lr_multiplier
 
 
 def deepspeed_config(cfg: Config, layout: ParallelLayout) -> dict:
@@ -42,7 +42,7 @@ def build_engine(cfg: Config, model: torch.nn.Module, layout: ParallelLayout):
     # torch's AdamW instead of DeepSpeed's fused CPU/GPU Adam: no op compilation at start-up.
     optimizer = torch.optim.AdamW(param_groups(model, optim.weight_decay), lr=optim.lr,
                                   betas=(optim.beta1, optim.beta2), eps=optim.eps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(optim, cfg.train.train_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(optim, cfg.train.train_steps))
     _skip_shm_comm_build()
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=deepspeed_config(cfg, layout), mpu=MegatronMPU())

@@ -6,7 +6,7 @@ import torch
 from omegaconf import OmegaConf
 
 from pretrain.checkpoint import store
-from pretrain.checkpoint.files import write_atomic
+from pretrain.io import write_atomic
 from pretrain.config import Config
 from pretrain.data.loader import ShardedSamples, TrainBatches, valid_batches
 from pretrain.model.gpt import build_model, padded_vocab_size

@@ -15,12 +15,14 @@ def lr_at(step: int, optim: OptimConfig, train_steps: int) -> float:
     return optim.min_lr + (optim.lr - optim.min_lr) * cosine
 
 
-class WarmupCosine:
-    """A picklable multiplier for torch's LambdaLR (a lambda would not survive state_dict)."""
+def lr_multiplier(optim: OptimConfig, train_steps: int):
+    """The schedule as torch's LambdaLR wants it: a factor of the peak lr per step.
 
-    def __init__(self, optim: OptimConfig, train_steps: int):
-        self.optim = optim
-        self.train_steps = train_steps
+    A plain function on purpose: LambdaLR saves the attributes of callable objects into its
+    state_dict, which would let a checkpoint override the configured schedule on resume.
+    """
 
-    def __call__(self, step: int) -> float:
-        return lr_at(step, self.optim, self.train_steps) / self.optim.lr
+    def multiplier(step: int) -> float:
+        return lr_at(step, optim, train_steps) / optim.lr
+
+    return multiplier

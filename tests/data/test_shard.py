@@ -12,7 +12,7 @@ import webdataset as wds
 from pretrain.errors import ConfigError
 from pretrain.data.clean import clean_corpus, read_cleaned
 from pretrain.data.config import CleanConfig, ShardConfig
-from pretrain.data.io import sha256_file
+from pretrain.io import sha256_file
 from pretrain.data.loader import ShardedSamples
 from pretrain.data.manifest import load_manifest, verify_shards
 from pretrain.data.shard import write_shards

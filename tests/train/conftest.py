@@ -22,7 +22,7 @@ TINY_RUN = [
     "train.micro_batch_size=2", "train.global_batch_size=8", "train.precision=fp32",
     "train.train_steps=6", "train.log_interval=1", "train.eval_interval=3", "train.eval_samples=12",
     "train.save_interval=3", "train.sample_tokens=0", "train.log_sample_ids=true",
-    "optim.lr=3e-3", "optim.min_lr=3e-4", "optim.warmup_steps=2", "logging.wandb.enabled=false",
+    "optim.lr=3e-3", "optim.min_lr=3e-4", "optim.warmup_steps=2", "optim.decay_steps=4", "logging.wandb.enabled=false",
 ]
 
 

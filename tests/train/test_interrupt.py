@@ -36,20 +36,24 @@ def start_and_interrupt(data_root, run_dir, overrides):
     return latest.read_text().strip()
 
 
-def test_interrupted_run_resumes_and_finishes_at_the_same_step(data_root, tmp_path):
+def test_interrupted_run_resumes_exactly_and_finishes_at_the_same_step(data_root, tmp_path):
+    run_dir = tmp_path / "interrupted"
     overrides = [f"train.train_steps={STEPS}", "train.save_interval=3", "train.eval_interval=0",
                  "logging.wandb.enabled=true"]
-    stopped_at = start_and_interrupt(data_root, tmp_path, overrides)
+    stopped_at = start_and_interrupt(data_root, run_dir, overrides)
     assert stopped_at != f"step_{STEPS}"
-    result = run_train(data_root, tmp_path, *overrides)
-    assert f"resuming from {tmp_path / 'checkpoints' / stopped_at}" in result.stdout
-    assert (tmp_path / "checkpoints" / "latest").read_text().strip() == f"step_{STEPS}"
-    steps = [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl") if "loss" in r]
+    result = run_train(data_root, run_dir, *overrides)
+    assert f"resuming from {run_dir / 'checkpoints' / stopped_at}" in result.stdout
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == f"step_{STEPS}"
+    steps = [r["step"] for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r]
     assert steps == list(range(1, STEPS + 1))  # every step once, none repeated after the restart
+    straight = tmp_path / "straight"
+    run_train(data_root, straight, *overrides[:-1])
+    assert losses(run_dir) == losses(straight)  # bitwise, across a Ctrl-C at an arbitrary moment
 
-    history = wandb_history(tmp_path)
+    history = wandb_history(run_dir)
     runs = {r["run"]["run_id"] for r in history if r.get("type") == "run"}
     assert len(runs) == 1  # the restart resumed the same W&B run
     logged = {r["history"]["step"]["num"]: r["history"]["item"]["loss"]
               for r in history if r.get("type") == "history" and "loss" in r["history"]["item"]}
-    assert logged[STEPS] == losses(tmp_path)[STEPS]
+    assert logged[STEPS] == losses(run_dir)[STEPS]

@@ -1,7 +1,8 @@
-"""File helpers shared by the data stages: atomic output folders, JSON files, sha256.
+"""File primitives that leave the previous state usable if the process dies mid-write.
 
-Every stage builds its output in a hidden sibling folder and swaps it into place only when
-it is complete, so a crash or a bad input leaves the previous output usable.
+Data stages build their output in a hidden sibling folder and swap it into place only when
+it is complete; single files (checkpoint pointers, reports, logs) are written to a temporary
+name, flushed and renamed over the old one.
 """
 
 import contextlib
@@ -41,12 +42,30 @@ def _swap_into_place(tmp: Path, out_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def write_json(path: str | Path, obj) -> None:
-    """Write obj as indented JSON through a temporary file renamed into place."""
+def write_atomic(path: str | Path, text: str) -> None:
+    """Write `text` to `path` so that readers see either the old file or the whole new one."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    # The rename itself is only durable once the directory entry is flushed.
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json(path: str | Path, obj) -> None:
+    """Write obj as indented JSON, atomically."""
+    write_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=True) + "\n")
 
 
 def read_json(path: str | Path):

@@ -1,0 +1,6 @@
+"""The model: megatron-core GPTModel with a Llama-style layer spec, its norm, FLOP counting.
+
+Kept import-free on purpose: `pretrain.model.config` is read on login nodes, which must not
+import torch or megatron. Import `pretrain.model.gpt` for layer_spec, transformer_config,
+build_model, language_model_loss, padded_vocab_size, count_parameters, flops_per_token.
+"""

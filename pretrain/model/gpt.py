@@ -1,0 +1,184 @@
+"""The Llama-style decoder as megatron-core's GPTModel: layer spec, config, build, loss, FLOPs.
+
+One block: x + Attn(RMSNorm(x)), then h + SwiGLU(RMSNorm(h)); grouped-query attention with
+rotary embeddings (megatron's non-interleaved convention, as in HF Llama), no biases, no
+dropout, a final RMSNorm and an output layer that is tied to the embedding or not.
+Tensor parallelism is megatron's: column-parallel qkv/fc1, row-parallel proj/fc2,
+vocab-parallel embedding, output layer and cross-entropy.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
+from megatron.core.models.gpt import GPTModel
+from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
+from megatron.core.transformer.attention import SelfAttention, SelfAttentionSubmodules
+from megatron.core.transformer.dot_product_attention import DotProductAttention
+from megatron.core.transformer.enums import AttnMaskType
+from megatron.core.transformer.identity_op import IdentityOp
+from megatron.core.transformer.mlp import MLP, MLPSubmodules
+from megatron.core.transformer.spec_utils import ModuleSpec
+from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
+from megatron.core.transformer.transformer_config import TransformerConfig
+from megatron.core.transformer.transformer_layer import TransformerLayer, TransformerLayerSubmodules
+
+from pretrain.model.config import ModelConfig
+from pretrain.model.norm import RMSNorm
+from pretrain.parallel import cpu_compat
+
+
+def layer_spec(cfg: ModelConfig) -> ModuleSpec:
+    """megatron ModuleSpec of one pre-norm decoder layer built from local (non-TE) modules.
+
+    Fused kernels, when added, are chosen here (from cfg), never inside a forward.
+    """
+    attention = ModuleSpec(
+        module=SelfAttention,
+        params={"attn_mask_type": AttnMaskType.causal},
+        submodules=SelfAttentionSubmodules(
+            linear_qkv=ColumnParallelLinear,
+            core_attention=DotProductAttention,
+            linear_proj=RowParallelLinear,
+            q_layernorm=IdentityOp,
+            k_layernorm=IdentityOp,
+        ),
+    )
+    mlp = ModuleSpec(
+        module=MLP,
+        submodules=MLPSubmodules(linear_fc1=ColumnParallelLinear, linear_fc2=RowParallelLinear),
+    )
+    return ModuleSpec(
+        module=TransformerLayer,
+        submodules=TransformerLayerSubmodules(
+            input_layernorm=RMSNorm,
+            self_attention=attention,
+            self_attn_bda=get_bias_dropout_add,
+            pre_mlp_layernorm=RMSNorm,
+            mlp=mlp,
+            mlp_bda=get_bias_dropout_add,
+        ),
+    )
+
+
+def block_spec(cfg: ModelConfig) -> TransformerBlockSubmodules:
+    """All layers plus the final norm (megatron would otherwise pick its own norm class for it)."""
+    return TransformerBlockSubmodules(layer_specs=[layer_spec(cfg)] * cfg.num_layers, layer_norm=RMSNorm)
+
+
+def transformer_config(
+    cfg: ModelConfig,
+    tensor_parallel_size: int,
+    params_dtype: torch.dtype = torch.float32,
+    sequence_parallel: bool = False,
+) -> TransformerConfig:
+    """megatron TransformerConfig for `cfg`: RMSNorm, SwiGLU, GQA, no biases, no dropout, no fusions."""
+    return TransformerConfig(
+        num_layers=cfg.num_layers,
+        hidden_size=cfg.hidden_size,
+        num_attention_heads=cfg.num_attention_heads,
+        num_query_groups=cfg.num_query_groups,
+        ffn_hidden_size=cfg.ffn_hidden_size,
+        normalization="RMSNorm",
+        layernorm_epsilon=cfg.norm_epsilon,
+        add_bias_linear=False,
+        gated_linear_unit=True,
+        activation_func=F.silu,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        init_method_std=cfg.init_method_std,
+        # Fused kernels come through the layer spec, not through megatron's flags.
+        bias_activation_fusion=False,
+        bias_dropout_fusion=False,
+        masked_softmax_fusion=False,
+        persist_layer_norm=False,
+        gradient_accumulation_fusion=False,
+        apply_rope_fusion=False,
+        tensor_model_parallel_size=tensor_parallel_size,
+        # Like Megatron-LM: sequence parallelism splits over the TP group, so TP=1 turns it off.
+        sequence_parallel=sequence_parallel and tensor_parallel_size > 1,
+        # On a CPU-only host, initialize on the CPU: this also makes the full weights the same
+        # for every tensor-parallel size (the master weight is drawn whole, then split).
+        use_cpu_initialization=not torch.cuda.is_available(),
+        params_dtype=params_dtype,
+        bf16=params_dtype == torch.bfloat16,
+        fp16=params_dtype == torch.float16,
+    )
+
+
+def padded_vocab_size(vocab_size: int, cfg: ModelConfig, tensor_parallel_size: int) -> int:
+    """Round the vocabulary up to a multiple of make_vocab_size_divisible_by * tensor_parallel_size."""
+    multiple = cfg.make_vocab_size_divisible_by * tensor_parallel_size
+    return math.ceil(vocab_size / multiple) * multiple
+
+
+def build_model(
+    cfg: ModelConfig,
+    vocab_size: int,
+    tensor_parallel_size: int,
+    params_dtype: torch.dtype = torch.float32,
+    sequence_parallel: bool = False,
+) -> GPTModel:
+    """This rank's GPTModel shard; megatron's parallel_state must be initialized (see init_distributed).
+
+    vocab_size is used as given: pad it first with padded_vocab_size.
+    """
+    cpu_compat.apply()
+    model = GPTModel(
+        config=transformer_config(cfg, tensor_parallel_size, params_dtype, sequence_parallel),
+        transformer_layer_spec=block_spec(cfg),
+        vocab_size=vocab_size,
+        max_sequence_length=cfg.seq_length,
+        pre_process=True,
+        post_process=True,
+        share_embeddings_and_output_weights=not cfg.untie_embeddings_and_output_weights,
+        position_embedding_type="rope",
+        rotary_percent=1.0,
+        rotary_base=cfg.rotary_base,
+    )
+    if torch.cuda.is_available():
+        # megatron puts its parallel layers on the GPU; norms are built on the CPU like apex's.
+        model.cuda(torch.cuda.current_device())
+    return model
+
+
+def language_model_loss(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy of tokens [b, s+1]: inputs tokens[:, :-1], labels tokens[:, 1:].
+
+    `model` is a GPTModel or a wrapper that forwards keyword arguments (a DeepSpeed engine).
+    Under tensor parallelism every rank of the TP group returns the same (full-vocabulary) loss.
+    """
+    input_ids, labels = tokens[:, :-1], tokens[:, 1:]
+    batch, seq = input_ids.shape
+    position_ids = torch.arange(seq, device=tokens.device).unsqueeze(0).expand(batch, seq)
+    # attention_mask=None: megatron builds the causal mask itself.
+    per_token_loss = model(input_ids=input_ids, position_ids=position_ids, attention_mask=None, labels=labels)
+    return per_token_loss.float().mean()
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """Parameters held by this rank (a tied embedding/output weight counts once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def matmul_parameters(cfg: ModelConfig, vocab_size: int) -> int:
+    """Weights that take part in a matrix multiply per token: all layers plus the output layer."""
+    head_dim = cfg.hidden_size // cfg.num_attention_heads
+    qkv = cfg.hidden_size * (cfg.num_attention_heads + 2 * cfg.num_query_groups) * head_dim
+    proj = cfg.num_attention_heads * head_dim * cfg.hidden_size
+    mlp = 3 * cfg.hidden_size * cfg.ffn_hidden_size  # gate, up, down
+    return cfg.num_layers * (qkv + proj + mlp) + vocab_size * cfg.hidden_size
+
+
+def flops_per_token(cfg: ModelConfig, vocab_size: int) -> float:
+    """Training FLOPs per token (forward + backward): 6·N + 12·L·H·S.
+
+    N = matmul_parameters (the input embedding is a lookup, the output layer a matmul, so it
+    counts once whether tied or not; norms are negligible). 6·N is 2 FLOPs per weight per
+    token forward and 4 backward. The attention term is QK^T and AV: 2·2·S·H per layer per
+    token forward, times 3 for training, counted over the full S×S score matrix (causal
+    masking is not subtracted), as PaLM and Megatron count it so MFUs compare.
+    """
+    attention = 12 * cfg.num_layers * cfg.hidden_size * cfg.seq_length
+    return 6 * matmul_parameters(cfg, vocab_size) + attention
