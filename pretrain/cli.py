@@ -5,11 +5,13 @@ them, so `--help` and the data stages stay quick.
 """
 
 import argparse
+import os
 import sys
 
 from pretrain.config import ConfigError
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130  # the shell's code for a process ended by SIGINT
 
 COMMANDS = {
     ("data", "clean"): ("pretrain.stages:clean", "Normalize, filter and deduplicate raw text into cleaned jsonl shards."),
@@ -64,10 +66,16 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return run(args)
+        code = run(args)
     except ConfigError as e:
         print(f"pretrain: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        code = EXIT_INTERRUPTED
+    if code == EXIT_INTERRUPTED and "RANK" not in os.environ:  # the launcher speaks for its workers
+        print("pretrain: interrupted; run the same command again to resume from the latest checkpoint",
+              file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

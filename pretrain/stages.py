@@ -1,8 +1,6 @@
 """What each `pretrain` subcommand does, given the composed config."""
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 from pretrain.config import Config, compose_dict, validate
@@ -46,21 +44,22 @@ def train(cfg: Config, args) -> int:
 
     check_inputs(cfg)  # before torch and deepspeed load: a missing dataset is one line, exit 2
     if not under_launcher and cfg.parallel.nproc_per_node > 1:
-        return launch_torchrun(cfg.parallel.nproc_per_node, args)
+        from pretrain.train.launch import launch_local
+
+        return launch_local(cfg.parallel.nproc_per_node, worker_args(args))
+    from pretrain.train.quiet import silence_known_warnings
+
+    silence_known_warnings()
     from pretrain.train.run import run_training
 
     run_training(cfg, compose_dict(args.overrides, args.config_name, args.config_dir))
     return 0
 
 
-def launch_torchrun(nproc: int, args) -> int:
-    """Re-run this command under torchrun with `nproc` processes on this machine."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-               "-m", "pretrain.cli", args.command, *args.overrides, "--config-name", args.config_name]
-    if args.config_dir:
-        command += ["--config-dir", str(args.config_dir)]
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, os.cpu_count() // nproc)))}
-    return subprocess.run(command, env=env).returncode
+def worker_args(args) -> list[str]:
+    """This command line again, for the launched workers."""
+    extra = ["--config-name", args.config_name] + (["--config-dir", str(args.config_dir)] if args.config_dir else [])
+    return ["train", *args.overrides, *extra]
 
 
 def demo(cfg: Config, args) -> int:
@@ -75,14 +74,13 @@ def demo(cfg: Config, args) -> int:
     args.command = "train"
     code = train(cfg, args)
     if code == 0:
-        print_summary(Path(cfg.train.run_dir))
+        print_validation_summary(Path(cfg.train.run_dir))
     return code
 
 
-def print_summary(run_dir: Path) -> None:
+def print_validation_summary(run_dir: Path) -> None:
     from pretrain.monitor.metrics import read_metrics
 
     valid = [r["valid_loss"] for r in read_metrics(run_dir / "metrics.jsonl") if "valid_loss" in r]
     if len(valid) >= 2:
         print(f"validation loss {valid[0]:.3f} -> {valid[-1]:.3f} ({100 * valid[-1] / valid[0]:.0f}% of the first)")
-    print(f"run directory: {run_dir.resolve()}")

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from pretrain.errors import ConfigError
 from pretrain.io import write_atomic, write_json
 
 LATEST = "latest"
@@ -30,12 +31,16 @@ def tag_for(step: int) -> str:
 
 
 def latest_tag(run_dir: str | Path) -> str | None:
-    """The tag `latest` points to, if it points to a checkpoint whose trainer state exists."""
+    """The tag `latest` points to; None for a run without checkpoints."""
     pointer = checkpoints_dir(run_dir) / LATEST
     if not pointer.is_file():
         return None
     tag = pointer.read_text().strip()
-    return tag if (checkpoints_dir(run_dir) / tag / TRAINER_STATE).is_file() else None
+    if not (checkpoints_dir(run_dir) / tag / TRAINER_STATE).is_file():
+        # `latest` moves only after a checkpoint is complete, so this is damage from outside
+        # (a deleted or half-copied folder): stop rather than silently start from scratch.
+        raise ConfigError("train.run_dir", f"{pointer} names {tag}, which has no {TRAINER_STATE}")
+    return tag
 
 
 def save(engine, run_dir: str | Path, step: int, trainer_state: dict) -> Path:

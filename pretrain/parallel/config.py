@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from pretrain.errors import ConfigError, check_choice, check_positive
+from pretrain.errors import check_choice, check_positive
 
 
 @dataclass
