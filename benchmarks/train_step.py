@@ -68,7 +68,8 @@ def main(overrides: list[str]) -> None:
         engine = build_engine(cfg, build_model(cfg.model, VOCAB, 1), layout)
         rows.append((f"DeepSpeed ZeRO-{stage}", timed(engine_step(engine, batch), tokens)))
     print(f"\nmodel {cfg.model.name}, micro batch {cfg.model.seq_length} x {cfg.train.micro_batch_size}, "
-          f"{flops_per_token(cfg.model, VOCAB) / 1e6:.1f} MFLOP/token, device {device}, threads {torch.get_num_threads()}")
+          f"{flops_per_token(cfg.model, VOCAB) / 1e6:.1f} MFLOP/token, device {device}, "
+          f"threads {torch.get_num_threads()}")
     print(f"{'setup':32} {'tokens/s':>10} {'vs baseline':>12}")
     for name, rate in rows:
         print(f"{name:32} {rate:10.0f} {rate / rows[0][1]:11.2f}x")

@@ -14,9 +14,12 @@ EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130  # the shell's code for a process ended by SIGINT
 
 COMMANDS = {
-    ("data", "clean"): ("pretrain.stages:clean", "Normalize, filter and deduplicate raw text into cleaned jsonl shards."),
-    ("tokenizer", "train"): ("pretrain.stages:train_tokenizer", "Train a SentencePiece tokenizer on a sample of the cleaned corpus."),
-    ("data", "shard"): ("pretrain.stages:shard", "Tokenize the cleaned corpus into webdataset shards with a manifest."),
+    ("data", "clean"): ("pretrain.stages:clean",
+                        "Normalize, filter and deduplicate raw text into cleaned jsonl shards."),
+    ("tokenizer", "train"): ("pretrain.stages:train_tokenizer",
+                             "Train a SentencePiece tokenizer on a sample of the cleaned corpus."),
+    ("data", "shard"): ("pretrain.stages:shard",
+                        "Tokenize the cleaned corpus into webdataset shards with a manifest."),
     ("train",): ("pretrain.stages:train", "Train (or resume) a model; launches torchrun itself when not under one."),
     ("demo",): ("pretrain.stages:demo", "Run every stage on the standard library's sources, then sample text."),
 }
@@ -28,7 +31,8 @@ OVERRIDES_HELP = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pretrain", description="LLM pretraining: data → tokenizer → shards → training.")
+    parser = argparse.ArgumentParser(prog="pretrain",
+                                     description="LLM pretraining: data → tokenizer → shards → training.")
     groups = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     nested: dict[str, argparse._SubParsersAction] = {}
     for words, (target, help_text) in COMMANDS.items():

@@ -40,9 +40,10 @@ def train(cfg: Config, args) -> int:
     under_launcher = "WORLD_SIZE" in os.environ
     world_size = int(os.environ["WORLD_SIZE"]) if under_launcher else cfg.parallel.nproc_per_node
     validate(cfg, world_size)
-    from pretrain.train.inputs import check_inputs
+    from pretrain.train.inputs import check_device, check_inputs
 
     check_inputs(cfg)  # before torch and deepspeed load: a missing dataset is one line, exit 2
+    check_device(cfg)
     if not under_launcher and cfg.parallel.nproc_per_node > 1:
         from pretrain.train.launch import launch_local
 

@@ -5,6 +5,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from pipeline import CORPUS_GLOB, SHARD_CFG, STDLIB
+
+from pretrain.data.clean import clean_corpus
+from pretrain.data.config import CleanConfig, ShardConfig, TokenizerConfig
+from pretrain.data.shard import write_shards
+from pretrain.tokenizers.train import train_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,3 +28,33 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+# One small real pipeline run (stdlib .py files → cleaned → tokenizer → shards) per session,
+# laid out as a data.root folder: cleaned/, tokenizer/, dataset/.
+
+
+@pytest.fixture(scope="session")
+def cleaned_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("pipeline") / "cleaned"
+    clean_corpus(CleanConfig(inputs=[str(STDLIB)], glob=CORPUS_GLOB, min_chars=100, docs_per_shard=10), out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(cleaned_dir) -> Path:
+    out = cleaned_dir.parent / "tokenizer"
+    train_tokenizer(TokenizerConfig(vocab_size=512), cleaned_dir, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def shard_cfg() -> ShardConfig:
+    return SHARD_CFG
+
+
+@pytest.fixture(scope="session")
+def dataset_dir(cleaned_dir, tokenizer_dir, shard_cfg) -> Path:
+    out = cleaned_dir.parent / "dataset"
+    write_shards(shard_cfg, cleaned_dir, tokenizer_dir, out)
+    return out

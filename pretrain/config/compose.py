@@ -10,8 +10,8 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from pretrain.errors import ConfigError
 from pretrain.config.schema import Config
+from pretrain.errors import ConfigError
 
 DEFAULT_CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 

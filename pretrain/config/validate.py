@@ -1,7 +1,7 @@
 """Checks across components, run before any process group, model or file is created."""
 
-from pretrain.errors import ConfigError
 from pretrain.config.schema import Config
+from pretrain.errors import ConfigError
 
 
 def validate(cfg: Config, world_size: int) -> None:
@@ -23,7 +23,8 @@ def validate(cfg: Config, world_size: int) -> None:
                           f"= {cfg.train.micro_batch_size} x {dp}")
     if cfg.model.seq_length != cfg.data.shard.sequence_length:
         raise ConfigError("model.seq_length",
-                          f"{cfg.model.seq_length} differs from data.shard.sequence_length={cfg.data.shard.sequence_length}")
+                          f"{cfg.model.seq_length} differs from "
+                          f"data.shard.sequence_length={cfg.data.shard.sequence_length}")
     if cfg.train.precision == "bf16" and tp > 1 and cfg.parallel.zero_stage == 0:
         # DeepSpeed's bf16 optimizer at stage 0 reports only rank 0's share of the grad norm
         # under tensor parallelism, so clipping would be too weak.

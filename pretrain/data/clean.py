@@ -13,8 +13,8 @@ import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 
-from pretrain.errors import ConfigError
 from pretrain.data.config import CleanConfig
+from pretrain.errors import ConfigError
 from pretrain.io import atomic_dir, write_json
 
 KEY = "data.clean.inputs"

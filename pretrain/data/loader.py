@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pretrain.errors import ConfigError
 from pretrain.data.manifest import KEY, load_manifest
+from pretrain.errors import ConfigError
 
 # Shards open at once per ShardedSamples; reads use pread, so no file position is shared.
 MAX_OPEN_SHARDS = 64

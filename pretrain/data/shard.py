@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import webdataset as wds
 
-from pretrain.errors import ConfigError
 from pretrain.data.clean import cleaned_files, read_cleaned
 from pretrain.data.config import ShardConfig
-from pretrain.io import atomic_dir, sha256_file, write_json
 from pretrain.data.manifest import MANIFEST_FORMAT
+from pretrain.errors import ConfigError
+from pretrain.io import atomic_dir, sha256_file, write_json
 from pretrain.tokenizers.tokenizer import Tokenizer
 
 SPLITS = ("train", "valid")

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import sentencepiece as spm
 
-from pretrain.errors import ConfigError
 from pretrain.data.clean import cleaned_files, read_cleaned
 from pretrain.data.config import TokenizerConfig
+from pretrain.errors import ConfigError
 from pretrain.io import atomic_dir, sha256_file, sha256_files, write_json
 
 SPECIAL_IDS = {"pad_id": 0, "bos_id": 1, "eos_id": 2, "unk_id": 3}

@@ -84,13 +84,15 @@ class Checkpointing(Callback):
 
     name = "checkpointing"
 
-    def __init__(self, interval: int):
+    def __init__(self, interval: int, resolved_config: dict):
         self.interval = interval
+        self.resolved_config = resolved_config
 
     def on_step_end(self, trainer, metrics):
         if (self.interval and trainer.step % self.interval == 0) or trainer.step == trainer.train_steps:
             started = time.perf_counter()
-            path = store.save(trainer.engine, trainer.run_dir, trainer.step, trainer.state_dict())
+            state = {**trainer.state_dict(), "config": self.resolved_config}
+            path = store.save(trainer.engine, trainer.run_dir, trainer.step, state)
             trainer.print(f"saved checkpoint {path} in {time.perf_counter() - started:.1f}s")
 
 

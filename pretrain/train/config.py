@@ -70,4 +70,5 @@ class TrainConfig:
         check_choice("train.precision", self.precision, ("fp32", "bf16", "fp16"))
         if self.global_batch_size % self.micro_batch_size:
             raise ConfigError("train.global_batch_size",
-                              f"{self.global_batch_size} is not divisible by train.micro_batch_size={self.micro_batch_size}")
+                              f"{self.global_batch_size} is not divisible by "
+                              f"train.micro_batch_size={self.micro_batch_size}")

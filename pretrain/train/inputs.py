@@ -6,6 +6,14 @@ from pretrain.errors import ConfigError
 from pretrain.tokenizers.tokenizer import Tokenizer
 
 
+def check_device(cfg: Config) -> None:
+    """fp16 needs a GPU: DeepSpeed refuses it on the CPU accelerator, deep inside initialize."""
+    import torch
+
+    if cfg.train.precision == "fp16" and not torch.cuda.is_available():
+        raise ConfigError("train.precision", "fp16 needs a CUDA GPU; use bf16 or fp32 on this machine")
+
+
 def check_inputs(cfg: Config) -> Tokenizer:
     """The tokenizer and dataset must exist and belong together; returns the tokenizer."""
     tokenizer = Tokenizer(cfg.data.tokenizer_dir)
@@ -17,5 +25,6 @@ def check_inputs(cfg: Config) -> Tokenizer:
         raise ConfigError("model.seq_length", f"{cfg.model.seq_length} differs from the dataset's "
                           f"sequence_length={manifest['sequence_length']} in {cfg.data.dataset_dir}")
     if cfg.model.vocab_size and cfg.model.vocab_size < tokenizer.vocab_size:
-        raise ConfigError("model.vocab_size", f"{cfg.model.vocab_size} is smaller than the tokenizer's {tokenizer.vocab_size}")
+        raise ConfigError("model.vocab_size",
+                          f"{cfg.model.vocab_size} is smaller than the tokenizer's {tokenizer.vocab_size}")
     return tokenizer

@@ -6,9 +6,9 @@ import torch
 from omegaconf import OmegaConf
 
 from pretrain.checkpoint import store
-from pretrain.io import write_atomic
 from pretrain.config import Config
 from pretrain.data.loader import ShardedSamples, TrainBatches, valid_batches
+from pretrain.io import write_atomic
 from pretrain.model.gpt import build_model, padded_vocab_size
 from pretrain.monitor.metrics import MetricsFile
 from pretrain.monitor.wandb_run import start_run
@@ -58,8 +58,8 @@ def build_callbacks(cfg: Config, config_dict, layout: ParallelLayout, tokenizer:
     """Sinks first, so that records made at the start (the step-0 validation) reach them all."""
     train = cfg.train
     callbacks = [cb.MetricsLog(MetricsFile(Path(train.run_dir) / "metrics.jsonl"))]
+    config = OmegaConf.to_container(config_dict)
     if cfg.logging.wandb.enabled:
-        config = OmegaConf.to_container(config_dict)
         callbacks.append(cb.Wandb(lambda run_id: start_run(cfg.logging.wandb, train.run_dir, run_id, config,
                                                            name=Path(train.run_dir).name)))
     if train.log_sample_ids:
@@ -69,7 +69,7 @@ def build_callbacks(cfg: Config, config_dict, layout: ParallelLayout, tokenizer:
         valid = valid_batches(ShardedSamples(cfg.data.dataset_dir, "valid"), train.eval_samples,
                               train.micro_batch_size, layout.data_parallel_rank, layout.data_parallel_size)
         callbacks.append(cb.Evaluation(train.eval_interval, valid))
-    callbacks += [cb.Checkpointing(train.save_interval),
+    callbacks += [cb.Checkpointing(train.save_interval, config),
                   cb.Samples(train.sample_prompts, train.sample_tokens, tokenizer, train.seed)]
     return callbacks
 

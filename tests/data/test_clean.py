@@ -6,9 +6,9 @@ import unicodedata
 
 import pytest
 
-from pretrain.errors import ConfigError
 from pretrain.data.clean import clean_corpus, normalize_text, read_cleaned
 from pretrain.data.config import CleanConfig
+from pretrain.errors import ConfigError
 
 BODY = "The quick brown fox jumps over the lazy dog. "
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from pretrain.errors import ConfigError
 from pretrain.data.loader import ShardedSamples, TrainBatches, global_sample_id, sample_order, valid_batches
+from pretrain.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +70,8 @@ def test_dp_ranks_split_each_global_batch(train):
 
 
 def test_micro_batch_tokens_are_the_samples(train):
-    [micro_batch] = TrainBatches(train, seed=5, micro_batch_size=4, global_batch_size=4, dp_rank=0, dp_size=1).next_global_batch()
+    batches = TrainBatches(train, seed=5, micro_batch_size=4, global_batch_size=4, dp_rank=0, dp_size=1)
+    [micro_batch] = batches.next_global_batch()
     assert micro_batch["tokens"].dtype == torch.long and micro_batch["tokens"].shape == (4, 33)
     for row, sample_id in zip(micro_batch["tokens"], micro_batch["sample_ids"].tolist()):
         np.testing.assert_array_equal(row.numpy(), train[sample_id])

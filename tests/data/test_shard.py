@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from pretrain.errors import ConfigError
 from pretrain.data.clean import clean_corpus, read_cleaned
 from pretrain.data.config import CleanConfig, ShardConfig
-from pretrain.io import sha256_file
 from pretrain.data.loader import ShardedSamples
 from pretrain.data.manifest import load_manifest, verify_shards
 from pretrain.data.shard import write_shards
+from pretrain.errors import ConfigError
+from pretrain.io import sha256_file
 from pretrain.tokenizers.tokenizer import Tokenizer
 
 SEQ = 32

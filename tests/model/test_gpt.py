@@ -3,13 +3,20 @@
 import math
 
 import pytest
-import torch
-
 import reference_llama
+import torch
 from dist_utils import single_process_group
+
 from pretrain.model.config import ModelConfig
-from pretrain.model.gpt import (build_model, count_parameters, flops_per_token, language_model_loss,
-                                matmul_parameters, padded_vocab_size, transformer_config)
+from pretrain.model.gpt import (
+    build_model,
+    count_parameters,
+    flops_per_token,
+    language_model_loss,
+    matmul_parameters,
+    padded_vocab_size,
+    transformer_config,
+)
 from pretrain.parallel.layout import set_seed
 
 VOCAB = 256

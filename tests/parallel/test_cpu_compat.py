@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from dist_utils import single_process_group
+
 from pretrain.parallel import cpu_compat
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="the shim is a no-op with CUDA")

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
 import tp_worker
 from dist_utils import run_torchrun, single_process_group
+
 from pretrain.errors import ConfigError
 from pretrain.parallel.config import ParallelConfig
 from pretrain.parallel.layout import check_layout, resolve_backend

@@ -3,17 +3,16 @@
 import hashlib
 import json
 import shutil
-import sysconfig
 from pathlib import Path
 
 import pytest
+from pipeline import STDLIB
 
-from pretrain.errors import ConfigError
 from pretrain.data.config import TokenizerConfig
+from pretrain.errors import ConfigError
 from pretrain.tokenizers.tokenizer import Tokenizer
 from pretrain.tokenizers.train import train_tokenizer
 
-STDLIB = Path(sysconfig.get_paths()["stdlib"])
 TRICKY = [
     "",
     "  leading spaces and trailing  ",
@@ -58,7 +57,8 @@ def test_training_is_deterministic_and_samples_by_seed(cleaned_dir, tmp_path):
     cfg = TokenizerConfig(vocab_size=400, sample_docs=5, seed=7)
     first = train_tokenizer(cfg, cleaned_dir, tmp_path / "one")
     second = train_tokenizer(cfg, cleaned_dir, tmp_path / "two")
-    other_seed = train_tokenizer(TokenizerConfig(vocab_size=400, sample_docs=5, seed=8), cleaned_dir, tmp_path / "three")
+    other_cfg = TokenizerConfig(vocab_size=400, sample_docs=5, seed=8)
+    other_seed = train_tokenizer(other_cfg, cleaned_dir, tmp_path / "three")
     assert first["sample_docs"] == 5
     assert first["sha256"] == second["sha256"] != other_seed["sha256"]
     assert first["corpus_sha256"] == other_seed["corpus_sha256"]

@@ -1,61 +1,11 @@
-"""A tiny real dataset (cleaned stdlib sources → SentencePiece → webdataset shards) and a runner."""
+"""The session's tiny real dataset, as the data.root that training runs read."""
 
-import os
-import subprocess
-import sys
-import sysconfig
 from pathlib import Path
 
 import pytest
 
-from pretrain.data.clean import clean_corpus
-from pretrain.data.config import CleanConfig, DataConfig, ShardConfig, TokenizerConfig
-from pretrain.data.shard import write_shards
-from pretrain.monitor.metrics import read_metrics
-from pretrain.tokenizers.train import train_tokenizer
-
-SEQ_LENGTH = 32
-
-# Small and quick: 2 layers, 8 samples per step, fp32 so parities can be tight.
-TINY_RUN = [
-    "model=tiny", f"model.seq_length={SEQ_LENGTH}",
-    "train.micro_batch_size=2", "train.global_batch_size=8", "train.precision=fp32",
-    "train.train_steps=6", "train.log_interval=1", "train.eval_interval=3", "train.eval_samples=12",
-    "train.save_interval=3", "train.sample_tokens=0", "train.log_sample_ids=true",
-    "optim.lr=3e-3", "optim.min_lr=3e-4", "optim.warmup_steps=2", "optim.decay_steps=4", "logging.wandb.enabled=false",
-]
-
 
 @pytest.fixture(scope="session")
-def data_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    cfg = DataConfig(root=str(root), tokenizer=TokenizerConfig(vocab_size=512, sample_docs=200),
-                     shard=ShardConfig(sequence_length=SEQ_LENGTH, samples_per_shard=256, valid_fraction=0.1),
-                     clean=CleanConfig(inputs=[os.path.join(sysconfig.get_paths()["stdlib"], "email")], glob="*.py"))
-    clean_corpus(cfg.clean, cfg.cleaned_dir)
-    train_tokenizer(cfg.tokenizer, cfg.cleaned_dir, cfg.tokenizer_dir)
-    write_shards(cfg.shard, cfg.cleaned_dir, cfg.tokenizer_dir, cfg.dataset_dir)
-    return root
-
-
-def run_train(data_root: Path, run_dir: Path, *overrides: str, nproc: int = 2, timeout: int = 300,
-              check: bool = True) -> subprocess.CompletedProcess:
-    """`pretrain train` as a user runs it (it launches torchrun itself when nproc > 1)."""
-    command = [sys.executable, "-m", "pretrain.cli", "train", *TINY_RUN, f"data.root={data_root}",
-               f"train.run_dir={run_dir}", f"parallel.nproc_per_node={nproc}", *overrides]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
-    if check:
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    return result
-
-
-def losses(run_dir: Path) -> dict[int, float]:
-    return {r["step"]: r["loss"] for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r}
-
-
-def valid_losses(run_dir: Path) -> dict[int, float]:
-    return {r["step"]: r["valid_loss"] for r in read_metrics(run_dir / "metrics.jsonl") if "valid_loss" in r}
-
-
-def sample_ids(run_dir: Path) -> dict[str, list]:
-    return {path.name: read_metrics(path) for path in sorted((run_dir / "samples").glob("rank_*.jsonl"))}
+def data_root(dataset_dir) -> Path:
+    """The shared pipeline run, as a data.root folder (cleaned/, tokenizer/, dataset/)."""
+    return dataset_dir.parent

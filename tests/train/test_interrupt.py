@@ -7,8 +7,9 @@ import subprocess
 import sys
 import time
 
+from training_runs import TINY_RUN, losses, run_train
+
 from pretrain.monitor.metrics import read_metrics
-from tests.train.conftest import TINY_RUN, losses, run_train
 
 STEPS = 40
 
@@ -54,6 +55,8 @@ def test_interrupted_run_resumes_exactly_and_finishes_at_the_same_step(data_root
     history = wandb_history(run_dir)
     runs = {r["run"]["run_id"] for r in history if r.get("type") == "run"}
     assert len(runs) == 1  # the restart resumed the same W&B run
+    state = json.loads((run_dir / "checkpoints" / f"step_{STEPS}" / "trainer_state.json").read_text())
+    assert state["callbacks"]["wandb"]["run_id"] in runs
     logged = {r["history"]["step"]["num"]: r["history"]["item"]["loss"]
               for r in history if r.get("type") == "history" and "loss" in r["history"]["item"]}
     assert logged[STEPS] == losses(run_dir)[STEPS]

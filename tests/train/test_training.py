@@ -1,8 +1,10 @@
 """Real DeepSpeed + megatron-core training in 2-process torchrun runs on gloo."""
 
-import pytest
+import json
 
-from tests.train.conftest import losses, run_train, sample_ids, valid_losses
+import pytest
+import torch
+from training_runs import losses, run_train, sample_ids, valid_losses
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +45,20 @@ def test_resume_is_exact(data_root, tmp_path, tp, zero):
     assert valid_losses(resumed) == valid_losses(straight)
     assert sample_ids(resumed) == sample_ids(straight)
     assert len(sample_ids(straight)) == 2
+    checkpoint = resumed / "checkpoints" / "step_6"
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    assert state["step"] == 6 and state["consumed_samples"] == 6 * 8
+    assert state["config"]["parallel"]["zero_stage"] == zero
+    assert sorted(p.name for p in (checkpoint / "rng").iterdir()) == ["rank_00000.pt", "rank_00001.pt"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 is refused only where there is no GPU")
+def test_fp16_without_a_gpu_is_a_one_line_error(data_root, tmp_path):
+    result = run_train(data_root, tmp_path, "train.precision=fp16", check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "pretrain: error: train.precision: fp16 needs a CUDA GPU; use bf16 or fp32 on this machine"]
+    assert not (tmp_path / "checkpoints").exists()
 
 
 def test_data_parallel_ranks_split_each_global_batch(data_root, tmp_path):

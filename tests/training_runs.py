@@ -1,0 +1,43 @@
+"""Runs of `pretrain train` as a user starts them, and readers of the logs they leave."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+from pipeline import SHARD_CFG
+
+from pretrain.monitor.metrics import read_metrics
+
+SEQ_LENGTH = SHARD_CFG.sequence_length
+
+# Small and quick: 2 layers, 8 samples per step, fp32 so parities can be tight.
+TINY_RUN = [
+    "model=tiny", f"model.seq_length={SEQ_LENGTH}",
+    "train.micro_batch_size=2", "train.global_batch_size=8", "train.precision=fp32",
+    "train.train_steps=6", "train.log_interval=1", "train.eval_interval=3", "train.eval_samples=12",
+    "train.save_interval=3", "train.sample_tokens=0", "train.log_sample_ids=true",
+    "optim.lr=3e-3", "optim.min_lr=3e-4", "optim.warmup_steps=2", "optim.decay_steps=4", "logging.wandb.enabled=false",
+]
+
+
+def run_train(data_root: Path, run_dir: Path, *overrides: str, nproc: int = 2, timeout: int = 300,
+              check: bool = True) -> subprocess.CompletedProcess:
+    """`pretrain train` as a user runs it (it launches torchrun itself when nproc > 1)."""
+    command = [sys.executable, "-m", "pretrain.cli", "train", *TINY_RUN, f"data.root={data_root}",
+               f"train.run_dir={run_dir}", f"parallel.nproc_per_node={nproc}", *overrides]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return result
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r}
+
+
+def valid_losses(run_dir: Path) -> dict[int, float]:
+    return {r["step"]: r["valid_loss"] for r in read_metrics(run_dir / "metrics.jsonl") if "valid_loss" in r}
+
+
+def sample_ids(run_dir: Path) -> dict[str, list]:
+    return {path.name: read_metrics(path) for path in sorted((run_dir / "samples").glob("rank_*.jsonl"))}
