@@ -8,10 +8,8 @@ import argparse
 import os
 import sys
 
+from pretrain import exit_codes
 from pretrain.config import ConfigError
-
-EXIT_BAD_INPUT = 2
-EXIT_INTERRUPTED = 130  # the shell's code for a process ended by SIGINT
 
 COMMANDS = {
     ("data", "clean"): ("pretrain.stages:clean",
@@ -73,10 +71,10 @@ def main(argv: list[str] | None = None) -> int:
         code = run(args)
     except ConfigError as e:
         print(f"pretrain: error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return exit_codes.BAD_INPUT
     except KeyboardInterrupt:
-        code = EXIT_INTERRUPTED
-    if code == EXIT_INTERRUPTED and "RANK" not in os.environ:  # the launcher speaks for its workers
+        code = exit_codes.INTERRUPTED
+    if code == exit_codes.INTERRUPTED and "RANK" not in os.environ:  # the launcher speaks for its workers
         print("pretrain: interrupted; run the same command again to resume from the latest checkpoint",
               file=sys.stderr)
     return code

@@ -8,7 +8,7 @@ agent's traceback.
 import os
 import sys
 
-from pretrain.cli import EXIT_INTERRUPTED
+from pretrain import exit_codes
 
 
 def launch_local(nproc: int, worker_args: list[str]) -> int:
@@ -26,7 +26,7 @@ def launch_local(nproc: int, worker_args: list[str]) -> int:
         torchrun.run(args)
         return 0
     except SignalException:
-        return EXIT_INTERRUPTED
+        return exit_codes.INTERRUPTED
     except ChildFailedError as error:
         rank, failure = min(error.failures.items())
         print(f"pretrain: worker rank {rank} exited with code {failure.exitcode}", file=sys.stderr)

@@ -1,0 +1,9 @@
+"""Exit codes of `pretrain` commands, for shells and sbatch scripts to act on."""
+
+OK = 0
+BAD_INPUT = 2
+"""A config key or input file is wrong; the message names it. Retrying will not help."""
+REQUEUE = 75
+"""Stopped on SIGUSR1/SIGTERM after saving a checkpoint: submit again to continue (EX_TEMPFAIL)."""
+INTERRUPTED = 130
+"""Stopped by Ctrl-C (SIGINT); the latest checkpoint is intact."""
