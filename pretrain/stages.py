@@ -53,8 +53,7 @@ def train(cfg: Config, args) -> int:
     silence_known_warnings()
     from pretrain.train.run import run_training
 
-    run_training(cfg, compose_dict(args.overrides, args.config_name, args.config_dir))
-    return 0
+    return run_training(cfg, compose_dict(args.overrides, args.config_name, args.config_dir))
 
 
 def worker_args(args) -> list[str]:

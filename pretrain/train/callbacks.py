@@ -89,7 +89,7 @@ class Checkpointing(Callback):
         self.resolved_config = resolved_config
 
     def on_step_end(self, trainer, metrics):
-        if (self.interval and trainer.step % self.interval == 0) or trainer.step == trainer.train_steps:
+        if (self.interval and trainer.step % self.interval == 0) or trainer.finished or trainer.stopping:
             started = time.perf_counter()
             state = {**trainer.state_dict(), "config": self.resolved_config}
             path = store.save(trainer.engine, trainer.run_dir, trainer.step, state)
@@ -175,7 +175,7 @@ class Samples(Callback):
     def on_train_end(self, trainer):
         from pretrain.model.generate import generate
 
-        if not self.prompts or not self.max_new_tokens:
+        if not self.prompts or not self.max_new_tokens or not trainer.finished:
             return
         generator = torch.Generator().manual_seed(self.seed)
         for prompt in self.prompts:

@@ -2,11 +2,15 @@
 
 The agent runs inside this process (rather than as `python -m torch.distributed.run`) so a
 Ctrl-C or a failed worker ends with one line and the workers' own exit code, instead of the
-agent's traceback.
+agent's traceback. The agent forwards SIGINT and SIGTERM to the workers itself; SIGUSR1 (the
+"save and stop" signal) is forwarded here.
 """
 
 import os
+import signal
 import sys
+
+import psutil
 
 from pretrain import exit_codes
 
@@ -22,12 +26,21 @@ def launch_local(nproc: int, worker_args: list[str]) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     args = torchrun.parse_args(["--standalone", f"--nproc-per-node={nproc}", "--no-python",
                                 sys.executable, "-m", "pretrain.cli", *worker_args])
+    signal.signal(signal.SIGUSR1, _forward_to_workers)
     try:
         torchrun.run(args)
         return 0
-    except SignalException:
-        return exit_codes.INTERRUPTED
+    except SignalException as stop:
+        # The agent sent the signal on to the workers, which save and stop on SIGTERM.
+        return exit_codes.REQUEUE if stop.sigval == signal.SIGTERM else exit_codes.INTERRUPTED
     except ChildFailedError as error:
         rank, failure = min(error.failures.items())
         print(f"pretrain: worker rank {rank} exited with code {failure.exitcode}", file=sys.stderr)
         return failure.exitcode if failure.exitcode > 0 else 1
+
+
+def _forward_to_workers(signum, frame) -> None:
+    # The agent starts each worker in its own session, so a signal to this process reaches
+    # no worker unless passed on.
+    for child in psutil.Process().children():
+        child.send_signal(signum)

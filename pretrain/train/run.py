@@ -17,19 +17,21 @@ from pretrain.tokenizers.tokenizer import Tokenizer
 from pretrain.train import callbacks as cb
 from pretrain.train.engine import build_engine
 from pretrain.train.inputs import check_inputs
+from pretrain.train.signals import StopOnSignal
 from pretrain.train.trainer import Trainer
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def run_training(cfg: Config, config_dict: dict) -> None:
-    """Train (resuming from the run directory's latest checkpoint if there is one)."""
+def run_training(cfg: Config, config_dict: dict) -> int:
+    """Train (resuming from the run directory's latest checkpoint if there is one); the exit code."""
     tokenizer = check_inputs(cfg)
     layout = init_distributed(cfg.parallel, cfg.train.seed)
     try:
         trainer = build_trainer(cfg, config_dict, layout, tokenizer)
-        trainer.fit()
+        code = trainer.fit()
         trainer.print(f"run directory: {Path(cfg.train.run_dir).resolve()}")
+        return code
     finally:
         destroy_distributed()
 
@@ -69,7 +71,7 @@ def build_callbacks(cfg: Config, config_dict, layout: ParallelLayout, tokenizer:
         valid = valid_batches(ShardedSamples(cfg.data.dataset_dir, "valid"), train.eval_samples,
                               train.micro_batch_size, layout.data_parallel_rank, layout.data_parallel_size)
         callbacks.append(cb.Evaluation(train.eval_interval, valid))
-    callbacks += [cb.Checkpointing(train.save_interval, config),
+    callbacks += [StopOnSignal(), cb.Checkpointing(train.save_interval, config),
                   cb.Samples(train.sample_prompts, train.sample_tokens, tokenizer, train.seed)]
     return callbacks
 

@@ -21,18 +21,34 @@ class Trainer:
         self.device = device
         self.step = 0
         self.is_rank0 = dist.get_rank() == 0
+        self.stop_code: int | None = None
+        """Set by a callback to end the run early with this exit code (after the step's callbacks)."""
 
-    def fit(self) -> None:
-        """Train until `train_steps`, from wherever the state says the run is."""
+    def fit(self) -> int:
+        """Train until `train_steps` (or a callback's stop), from wherever the state says the run is."""
         for callback in self.callbacks:
             callback.on_train_start(self)
-        while self.step < self.train_steps:
+        while self.step < self.train_steps and self.stop_code is None:
             metrics = self.train_step()
             self.step += 1
             for callback in self.callbacks:
                 callback.on_step_end(self, metrics)
         for callback in self.callbacks:
             callback.on_train_end(self)
+        return self.stop_code or 0
+
+    def request_stop(self, exit_code: int, reason: str) -> None:
+        """End the run after this step's callbacks; checkpointing sees `stopping` and saves."""
+        self.stop_code = exit_code
+        self.print(f"stopping at step {self.step}: {reason}")
+
+    @property
+    def stopping(self) -> bool:
+        return self.stop_code is not None
+
+    @property
+    def finished(self) -> bool:
+        return self.step >= self.train_steps
 
     def train_step(self) -> dict:
         """One optimizer step: every micro-batch of this rank's share of the global batch."""

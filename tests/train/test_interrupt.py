@@ -1,4 +1,4 @@
-"""A run stopped at any moment resumes from its latest checkpoint; W&B follows it."""
+"""A run stopped at any moment, or asked to stop by a signal, resumes exactly; W&B follows it."""
 
 import json
 import os
@@ -7,8 +7,10 @@ import subprocess
 import sys
 import time
 
+import pytest
 from training_runs import TINY_RUN, losses, run_train
 
+from pretrain import exit_codes
 from pretrain.monitor.metrics import read_metrics
 
 STEPS = 40
@@ -24,23 +26,64 @@ def wandb_history(run_dir):
     return records
 
 
-def start_and_interrupt(data_root, run_dir, overrides):
+OVERRIDES = [f"train.train_steps={STEPS}", "train.save_interval=3", "train.eval_interval=0"]
+
+
+@pytest.fixture(scope="module")
+def straight(data_root, tmp_path_factory):
+    """The uninterrupted run that every stopped-and-resumed run must reproduce."""
+    run_dir = tmp_path_factory.mktemp("straight")
+    run_train(data_root, run_dir, *OVERRIDES)
+    return run_dir
+
+
+def start(data_root, run_dir, overrides) -> subprocess.Popen:
     command = [sys.executable, "-m", "pretrain.cli", "train", *TINY_RUN, f"data.root={data_root}",
                f"train.run_dir={run_dir}", "parallel.nproc_per_node=2", *overrides]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def wait_for(condition, process, seconds=240):
+    deadline = time.time() + seconds
+    while not condition() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    assert process.poll() is None, "the run ended before it could be stopped"
+
+
+def start_and_interrupt(data_root, run_dir, overrides):
+    process = start(data_root, run_dir, overrides)
     latest = run_dir / "checkpoints" / "latest"
-    deadline = time.time() + 240
-    while not latest.is_file() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.2)
+    wait_for(latest.is_file, process)
     os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C sends to the terminal's process group
-    process.wait(timeout=60)
+    process.communicate(timeout=60)
     return latest.read_text().strip()
 
 
-def test_interrupted_run_resumes_exactly_and_finishes_at_the_same_step(data_root, tmp_path):
+def logged_steps(run_dir) -> list[int]:
+    path = run_dir / "metrics.jsonl"
+    return [r["step"] for r in read_metrics(path) if "loss" in r] if path.is_file() else []
+
+
+@pytest.mark.parametrize("signum", [signal.SIGUSR1, signal.SIGTERM], ids=["SIGUSR1", "SIGTERM"])
+def test_stop_signal_saves_at_the_next_step_and_exits_with_the_requeue_code(data_root, tmp_path, straight, signum):
+    process = start(data_root, tmp_path, OVERRIDES)
+    wait_for(lambda: len(logged_steps(tmp_path)) >= 4, process)
+    process.send_signal(signum)  # to `pretrain train` only, as Slurm's `--signal=B:...` does
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == exit_codes.REQUEUE, err[-3000:]
+    saved = (tmp_path / "checkpoints" / "latest").read_text().strip()
+    assert saved == f"step_{logged_steps(tmp_path)[-1]}"  # the step it stopped at was saved
+    assert f"stopping at {saved.replace('_', ' ')}: received {signum.name}" in out
+    assert int(saved.split("_")[1]) < STEPS
+    result = run_train(data_root, tmp_path, *OVERRIDES)
+    assert f"resuming from {tmp_path / 'checkpoints' / saved}" in result.stdout
+    assert losses(tmp_path) == losses(straight)
+
+
+def test_interrupted_run_resumes_exactly_and_finishes_at_the_same_step(data_root, tmp_path, straight):
     run_dir = tmp_path / "interrupted"
-    overrides = [f"train.train_steps={STEPS}", "train.save_interval=3", "train.eval_interval=0",
-                 "logging.wandb.enabled=true"]
+    overrides = [*OVERRIDES, "logging.wandb.enabled=true"]
     stopped_at = start_and_interrupt(data_root, run_dir, overrides)
     assert stopped_at != f"step_{STEPS}"
     result = run_train(data_root, run_dir, *overrides)
@@ -48,8 +91,6 @@ def test_interrupted_run_resumes_exactly_and_finishes_at_the_same_step(data_root
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == f"step_{STEPS}"
     steps = [r["step"] for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r]
     assert steps == list(range(1, STEPS + 1))  # every step once, none repeated after the restart
-    straight = tmp_path / "straight"
-    run_train(data_root, straight, *overrides[:-1])
     assert losses(run_dir) == losses(straight)  # bitwise, across a Ctrl-C at an arbitrary moment
 
     history = wandb_history(run_dir)

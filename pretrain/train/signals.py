@@ -1,0 +1,45 @@
+"""Stop cleanly on SIGUSR1 / SIGTERM: what Slurm sends before a time limit or a preemption.
+
+The first signal sets a flag; at the next step boundary every rank learns whether any rank
+got one (ranks may be signalled at different moments, or only some of them), the step's
+checkpoint is written, and the job exits with `exit_codes.REQUEUE`. A second signal exits at
+once: the previous checkpoint stays the latest.
+"""
+
+import os
+import signal
+
+import torch
+import torch.distributed as dist
+
+from pretrain import exit_codes
+from pretrain.train.callbacks import Callback
+
+STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+
+
+class StopOnSignal(Callback):
+    name = "stop_on_signal"
+
+    def __init__(self):
+        self.received: int | None = None
+
+    def on_train_start(self, trainer):
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.received is not None:
+            os._exit(exit_codes.REQUEUE)
+        self.received = signum
+
+    def on_step_end(self, trainer, metrics):
+        # Must run before Checkpointing in the callback list, so the stop step is saved.
+        flag = torch.tensor([0 if self.received is None else self.received], dtype=torch.int32)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item() and not trainer.finished:
+            trainer.request_stop(exit_codes.REQUEUE, f"received {signal.Signals(flag.item()).name}")
+
+    def on_train_end(self, trainer):
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, signal.SIG_DFL)
