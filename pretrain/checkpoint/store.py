@@ -10,16 +10,21 @@ checkpoint in force.
 
 import json
 import random
+import re
+import shutil
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
+from pretrain.checkpoint import manifest
+from pretrain.checkpoint.config import CheckpointConfig
 from pretrain.errors import ConfigError
 from pretrain.io import write_atomic, write_json
 
 LATEST = "latest"
 TRAINER_STATE = "trainer_state.json"
+TAG = re.compile(r"step_(\d+)")
 
 
 def checkpoints_dir(run_dir: str | Path) -> Path:
@@ -30,21 +35,40 @@ def tag_for(step: int) -> str:
     return f"step_{step}"
 
 
+def step_of(tag: str) -> int:
+    return int(TAG.fullmatch(tag).group(1))
+
+
 def latest_tag(run_dir: str | Path) -> str | None:
-    """The tag `latest` points to; None for a run without checkpoints."""
+    """The tag `latest` names; None for a run without checkpoints."""
     pointer = checkpoints_dir(run_dir) / LATEST
     if not pointer.is_file():
         return None
     tag = pointer.read_text().strip()
-    if not (checkpoints_dir(run_dir) / tag / TRAINER_STATE).is_file():
-        # `latest` moves only after a checkpoint is complete, so this is damage from outside
-        # (a deleted or half-copied folder): stop rather than silently start from scratch.
-        raise ConfigError("train.run_dir", f"{pointer} names {tag}, which has no {TRAINER_STATE}")
+    if not TAG.fullmatch(tag):
+        # A path (`../other_run/step_9`, `/abs`) would load state from outside the run.
+        raise ConfigError("train.run_dir", f"{pointer} names {tag!r}, which is not a checkpoint of this run")
     return tag
 
 
-def save(engine, run_dir: str | Path, step: int, trainer_state: dict) -> Path:
-    """Write a checkpoint on every rank, then (rank 0, after a barrier) move `latest` to it."""
+def sealed_tags(run_dir: str | Path) -> list[str]:
+    """Checkpoints whose manifest was written (so every rank finished), newest first."""
+    root = checkpoints_dir(run_dir)
+    tags = [p.name for p in root.glob("step_*") if TAG.fullmatch(p.name) and (p / manifest.MANIFEST).is_file()]
+    return sorted(tags, key=step_of, reverse=True)
+
+
+def resume_candidates(run_dir: str | Path) -> list[str]:
+    """`latest` and the sealed checkpoints before it, newest first."""
+    latest = latest_tag(run_dir)
+    tags = sealed_tags(run_dir)
+    if latest is None:
+        return tags
+    return [tag for tag in tags if step_of(tag) <= step_of(latest)]
+
+
+def save(engine, run_dir: str | Path, step: int, trainer_state: dict, retention: CheckpointConfig) -> Path:
+    """Write a checkpoint on every rank, seal it with a manifest, then move `latest` to it."""
     root, tag = checkpoints_dir(run_dir), tag_for(step)
     engine.save_checkpoint(str(root), tag=tag, save_latest=False)
     rank = dist.get_rank()
@@ -53,10 +77,29 @@ def save(engine, run_dir: str | Path, step: int, trainer_state: dict) -> Path:
     if rank == 0:
         write_json(root / tag / TRAINER_STATE, trainer_state)
     dist.barrier()
+    manifest.seal(root / tag)
     if rank == 0:
         write_atomic(root / LATEST, tag + "\n")
+        prune(run_dir, retention)
     dist.barrier()
     return root / tag
+
+
+def find_resumable(run_dir: str | Path, how: str, warn) -> str | None:
+    """The newest checkpoint whose files verify on every rank; older ones stand in for a bad one."""
+    candidates = resume_candidates(run_dir)
+    for tag in candidates:
+        directory = checkpoints_dir(run_dir) / tag
+        problem = manifest.verify(directory, json.loads((directory / manifest.MANIFEST).read_text()), how)
+        problems = [None] * dist.get_world_size()
+        dist.all_gather_object(problems, problem)
+        problems = [p for p in problems if p]
+        if not problems:
+            return tag
+        warn(f"skipping checkpoint {directory}: {problems[0]}")
+    if candidates:
+        raise ConfigError("train.run_dir", f"no checkpoint in {checkpoints_dir(run_dir)} verifies")
+    return None
 
 
 def load(engine, run_dir: str | Path, tag: str) -> dict:
@@ -69,6 +112,21 @@ def load(engine, run_dir: str | Path, tag: str) -> dict:
     if rng_file.is_file():
         set_rng_state(torch.load(rng_file, weights_only=True))
     return json.loads((root / tag / TRAINER_STATE).read_text())
+
+
+def prune(run_dir: str | Path, retention: CheckpointConfig) -> None:
+    """Delete checkpoints that retention does not keep; only ones older than `latest`."""
+    if not retention.keep_last:
+        return
+    latest = step_of(latest_tag(run_dir))
+    sealed = [tag for tag in sealed_tags(run_dir) if step_of(tag) <= latest]
+    keep = set(sealed[: retention.keep_last])
+    if retention.keep_every:
+        keep |= {tag for tag in sealed if step_of(tag) % retention.keep_every == 0}
+    for path in checkpoints_dir(run_dir).glob("step_*"):
+        # Unsealed folders older than `latest` are leftovers of a crash mid-save.
+        if TAG.fullmatch(path.name) and step_of(path.name) < latest and path.name not in keep:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def rng_state() -> dict:

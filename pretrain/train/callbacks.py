@@ -84,15 +84,16 @@ class Checkpointing(Callback):
 
     name = "checkpointing"
 
-    def __init__(self, interval: int, resolved_config: dict):
+    def __init__(self, interval: int, retention, resolved_config: dict):
         self.interval = interval
+        self.retention = retention
         self.resolved_config = resolved_config
 
     def on_step_end(self, trainer, metrics):
         if (self.interval and trainer.step % self.interval == 0) or trainer.finished or trainer.stopping:
             started = time.perf_counter()
             state = {**trainer.state_dict(), "config": self.resolved_config}
-            path = store.save(trainer.engine, trainer.run_dir, trainer.step, state)
+            path = store.save(trainer.engine, trainer.run_dir, trainer.step, state, self.retention)
             trainer.print(f"saved checkpoint {path} in {time.perf_counter() - started:.1f}s")
 
 

@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass, field
 
+from pretrain.checkpoint.config import CheckpointConfig
 from pretrain.errors import ConfigError, check_choice, check_positive
 
 
@@ -57,6 +58,7 @@ class TrainConfig:
     """Steps between checkpoints; a checkpoint is also written at the end."""
     log_sample_ids: bool = False
     """Record every step's sample ids per rank in run_dir/samples/ (an audit of the data order)."""
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     sample_prompts: list[str] = field(default_factory=list)
     """Prompts to continue with the trained model at the end (printed by rank 0)."""
     sample_tokens: int = 48

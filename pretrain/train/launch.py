@@ -34,9 +34,7 @@ def launch_local(nproc: int, worker_args: list[str]) -> int:
         # The agent sent the signal on to the workers, which save and stop on SIGTERM.
         return exit_codes.REQUEUE if stop.sigval == signal.SIGTERM else exit_codes.INTERRUPTED
     except ChildFailedError as error:
-        rank, failure = min(error.failures.items())
-        print(f"pretrain: worker rank {rank} exited with code {failure.exitcode}", file=sys.stderr)
-        return failure.exitcode if failure.exitcode > 0 else 1
+        return _exit_code_of(error.failures)
 
 
 def _forward_to_workers(signum, frame) -> None:
@@ -44,3 +42,14 @@ def _forward_to_workers(signum, frame) -> None:
     # no worker unless passed on.
     for child in psutil.Process().children():
         child.send_signal(signum)
+
+
+def _exit_code_of(failures: dict) -> int:
+    """A documented code if any worker gave one (others may have been stopped by the agent)."""
+    codes = {rank: failure.exitcode for rank, failure in sorted(failures.items())}
+    for code in (exit_codes.BAD_INPUT, exit_codes.REQUEUE, exit_codes.INTERRUPTED):
+        if code in codes.values():
+            return code
+    rank, code = next(iter(codes.items()))
+    print(f"pretrain: worker rank {rank} exited with code {code}", file=sys.stderr)
+    return code if code > 0 else 1

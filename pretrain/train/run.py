@@ -46,12 +46,17 @@ def build_trainer(cfg: Config, config_dict: dict, layout: ParallelLayout, tokeni
     engine = build_engine(cfg, model, layout)
     trainer = Trainer(engine, train_batches(cfg, layout), build_callbacks(cfg, config_dict, layout, tokenizer),
                       str(run_dir), cfg.train.train_steps, cfg.model.seq_length, engine.device)
-    resume(trainer, run_dir)
+    resume(trainer, run_dir, cfg.train.checkpoint.verify)
     return trainer
 
 
 def train_batches(cfg: Config, layout: ParallelLayout) -> TrainBatches:
     samples = ShardedSamples(cfg.data.dataset_dir, "train")
+    if cfg.data.mixture:
+        from pretrain.data.mixture import Mixture
+
+        datasets = [ShardedSamples(part.dataset_dir, "train") for part in cfg.data.mixture]
+        samples = Mixture(datasets, [part.weight for part in cfg.data.mixture], cfg.data.seed)
     return TrainBatches(samples, cfg.data.seed, cfg.train.micro_batch_size, cfg.train.global_batch_size,
                         layout.data_parallel_rank, layout.data_parallel_size)
 
@@ -71,14 +76,14 @@ def build_callbacks(cfg: Config, config_dict, layout: ParallelLayout, tokenizer:
         valid = valid_batches(ShardedSamples(cfg.data.dataset_dir, "valid"), train.eval_samples,
                               train.micro_batch_size, layout.data_parallel_rank, layout.data_parallel_size)
         callbacks.append(cb.Evaluation(train.eval_interval, valid))
-    callbacks += [StopOnSignal(), cb.Checkpointing(train.save_interval, config),
+    callbacks += [StopOnSignal(), cb.Checkpointing(train.save_interval, train.checkpoint, config),
                   cb.Samples(train.sample_prompts, train.sample_tokens, tokenizer, train.seed)]
     return callbacks
 
 
-def resume(trainer: Trainer, run_dir: Path) -> None:
-    """Continue from `latest` if the run directory has one; say so either way."""
-    tag = store.latest_tag(run_dir)
+def resume(trainer: Trainer, run_dir: Path, verify: str) -> None:
+    """Continue from the newest checkpoint that verifies, if there is one; say so either way."""
+    tag = store.find_resumable(run_dir, verify, warn=trainer.print)
     if tag is None:
         trainer.print(f"starting a new run in {run_dir}")
         return

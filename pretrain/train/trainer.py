@@ -35,6 +35,9 @@ class Trainer:
                 callback.on_step_end(self, metrics)
         for callback in self.callbacks:
             callback.on_train_end(self)
+        # Leave together: the launcher stops the other workers as soon as one exits with a
+        # non-zero code (the requeue code is one), which could cut rank 0's W&B flush short.
+        dist.barrier()
         return self.stop_code or 0
 
     def request_stop(self, exit_code: int, reason: str) -> None:

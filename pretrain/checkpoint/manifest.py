@@ -1,0 +1,54 @@
+"""A checkpoint's manifest: every file with its size and sha256, written last.
+
+Ranks share the work: each one fsyncs and hashes every world_size-th file (sorted by path),
+so a checkpoint of many shards is sealed in parallel, as it was written.
+"""
+
+import os
+from pathlib import Path
+
+import torch.distributed as dist
+
+from pretrain.io import sha256_file, write_json
+
+MANIFEST = "manifest.json"
+
+
+def checkpoint_files(directory: Path) -> list[str]:
+    """Every file of a checkpoint but its manifest, as sorted relative paths."""
+    return sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*")
+                  if p.is_file() and p.name != MANIFEST and not p.name.startswith("."))
+
+
+def seal(directory: Path) -> None:
+    """Make every rank's files durable and write the manifest (on rank 0); all ranks call this."""
+    files = checkpoint_files(directory)
+    mine = {rel: _durable_entry(directory / rel) for rel in files[dist.get_rank()::dist.get_world_size()]}
+    shares = [None] * dist.get_world_size()
+    dist.all_gather_object(shares, mine)
+    if dist.get_rank() == 0:
+        entries = {rel: entry for share in shares for rel, entry in share.items()}
+        write_json(directory / MANIFEST, {"files": entries})
+
+
+def verify(directory: Path, manifest: dict, how: str) -> str | None:
+    """Check this rank's share of the files; a description of the first problem, or None."""
+    files = sorted(manifest["files"])
+    if checkpoint_files(directory) != files:
+        return "its files differ from the manifest's list"
+    for rel in files[dist.get_rank()::dist.get_world_size()]:
+        entry, path = manifest["files"][rel], directory / rel
+        if path.stat().st_size != entry["size"]:
+            return f"{rel} has {path.stat().st_size} bytes, the manifest says {entry['size']}"
+        if how == "sha256" and sha256_file(path) != entry["sha256"]:
+            return f"{rel} does not match its sha256"
+    return None
+
+
+def _durable_entry(path: Path) -> dict:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return {"size": path.stat().st_size, "sha256": sha256_file(path)}
