@@ -3,6 +3,8 @@
 OK = 0
 BAD_INPUT = 2
 """A config key or input file is wrong; the message names it. Retrying will not help."""
+DIVERGED = 3
+"""Stopped after too many non-finite losses in a row; requeueing will not help."""
 REQUEUE = 75
 """Stopped on SIGUSR1/SIGTERM after saving a checkpoint: submit again to continue (EX_TEMPFAIL)."""
 INTERRUPTED = 130

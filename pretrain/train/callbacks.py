@@ -24,6 +24,9 @@ class Callback:
 
     def on_train_end(self, trainer) -> None: ...
 
+    def on_rollback(self, trainer) -> None:
+        """The trainer went back to an earlier checkpoint; `trainer.step` is its step."""
+
     def state_dict(self) -> dict:
         return {}
 
@@ -90,6 +93,8 @@ class Checkpointing(Callback):
         self.resolved_config = resolved_config
 
     def on_step_end(self, trainer, metrics):
+        if trainer.rollback_reason is not None:
+            return  # this step's weights are about to be discarded
         if (self.interval and trainer.step % self.interval == 0) or trainer.finished or trainer.stopping:
             started = time.perf_counter()
             state = {**trainer.state_dict(), "config": self.resolved_config}
@@ -108,6 +113,9 @@ class MetricsLog(Callback):
     def on_train_start(self, trainer):
         if trainer.is_rank0:
             self.file.truncate_after(trainer.step)
+
+    def on_rollback(self, trainer):
+        self.on_train_start(trainer)
 
     def on_log(self, trainer, record):
         if trainer.is_rank0:
@@ -128,6 +136,9 @@ class SampleLog(Callback):
 
     def on_train_start(self, trainer):
         self.file.path.parent.mkdir(parents=True, exist_ok=True)
+        self.file.truncate_after(trainer.step)
+
+    def on_rollback(self, trainer):
         self.file.truncate_after(trainer.step)
 
     def on_step_end(self, trainer, metrics):

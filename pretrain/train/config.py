@@ -36,6 +36,21 @@ class OptimConfig:
 
 
 @dataclass
+class GuardConfig:
+    nonfinite_patience: int = 3
+    """Non-finite steps in a row (each one's update skipped) before `on_nonfinite` acts."""
+    on_nonfinite: str = "rollback"
+    """rollback: reload the last checkpoint and skip the data since; stop: exit (code 3)."""
+    max_rollbacks: int = 3
+    """Rollbacks in one run before the guard stops instead (the run keeps diverging)."""
+
+    def __post_init__(self):
+        check_positive("train.guard.nonfinite_patience", self.nonfinite_patience)
+        check_positive("train.guard.max_rollbacks", self.max_rollbacks, allow_zero=True)
+        check_choice("train.guard.on_nonfinite", self.on_nonfinite, ("rollback", "stop"))
+
+
+@dataclass
 class TrainConfig:
     run_dir: str = "runs/${model.name}"
     """The run's directory: config, checkpoints, metrics, W&B files. An existing one is resumed."""
@@ -59,6 +74,7 @@ class TrainConfig:
     log_sample_ids: bool = False
     """Record every step's sample ids per rank in run_dir/samples/ (an audit of the data order)."""
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    guard: GuardConfig = field(default_factory=GuardConfig)
     sample_prompts: list[str] = field(default_factory=list)
     """Prompts to continue with the trained model at the end (printed by rank 0)."""
     sample_tokens: int = 48

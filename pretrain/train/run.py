@@ -1,5 +1,6 @@
 """Assemble a training run from the config: processes, data, model, engine, callbacks."""
 
+import os
 from pathlib import Path
 
 import torch
@@ -16,9 +17,13 @@ from pretrain.parallel.layout import ParallelLayout, destroy_distributed, init_d
 from pretrain.tokenizers.tokenizer import Tokenizer
 from pretrain.train import callbacks as cb
 from pretrain.train.engine import build_engine
+from pretrain.train.guards import NonFiniteGuard
 from pretrain.train.inputs import check_inputs
 from pretrain.train.signals import StopOnSignal
 from pretrain.train.trainer import Trainer
+
+INJECT_NONFINITE = "PRETRAIN_INJECT_NONFINITE_STEPS"
+"""Fault injection for tests: comma-separated steps whose loss is made NaN."""
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -46,6 +51,7 @@ def build_trainer(cfg: Config, config_dict: dict, layout: ParallelLayout, tokeni
     engine = build_engine(cfg, model, layout)
     trainer = Trainer(engine, train_batches(cfg, layout), build_callbacks(cfg, config_dict, layout, tokenizer),
                       str(run_dir), cfg.train.train_steps, cfg.model.seq_length, engine.device)
+    trainer.inject_nonfinite_steps = {int(s) for s in os.environ.get(INJECT_NONFINITE, "").split(",") if s}
     resume(trainer, run_dir, cfg.train.checkpoint.verify)
     return trainer
 
@@ -72,6 +78,7 @@ def build_callbacks(cfg: Config, config_dict, layout: ParallelLayout, tokenizer:
     if train.log_sample_ids:
         callbacks.append(cb.SampleLog(train.run_dir, layout.rank))
     callbacks.append(cb.StepMetrics(train.log_interval, train.global_batch_size * cfg.model.seq_length))
+    callbacks.append(NonFiniteGuard(train.guard))  # before Checkpointing: a bad step is not saved
     if train.eval_interval:
         valid = valid_batches(ShardedSamples(cfg.data.dataset_dir, "valid"), train.eval_samples,
                               train.micro_batch_size, layout.data_parallel_rank, layout.data_parallel_size)

@@ -7,6 +7,7 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
+from pretrain import exit_codes
 from pretrain.model.gpt import language_model_loss
 
 
@@ -23,12 +24,19 @@ class Trainer:
         self.is_rank0 = dist.get_rank() == 0
         self.stop_code: int | None = None
         """Set by a callback to end the run early with this exit code (after the step's callbacks)."""
+        self.rollback_reason: str | None = None
+        """Set by a callback to reload the newest checkpoint before the next step."""
+        self.inject_nonfinite_steps: set[int] = set()
+        """Fault injection for tests: these steps' losses are made NaN before backward."""
 
     def fit(self) -> int:
         """Train until `train_steps` (or a callback's stop), from wherever the state says the run is."""
         for callback in self.callbacks:
             callback.on_train_start(self)
         while self.step < self.train_steps and self.stop_code is None:
+            if self.rollback_reason is not None:
+                self._roll_back()
+                continue
             metrics = self.train_step()
             self.step += 1
             for callback in self.callbacks:
@@ -44,6 +52,26 @@ class Trainer:
         """End the run after this step's callbacks; checkpointing sees `stopping` and saves."""
         self.stop_code = exit_code
         self.print(f"stopping at step {self.step}: {reason}")
+
+    def request_rollback(self, reason: str) -> None:
+        """Reload the newest checkpoint before the next step, keeping the data position."""
+        self.rollback_reason = reason
+
+    def _roll_back(self) -> None:
+        from pretrain.checkpoint import store
+
+        reason, self.rollback_reason = self.rollback_reason, None
+        tag = store.find_resumable(self.run_dir, "size", warn=self.print)
+        if tag is None:
+            self.request_stop(exit_codes.DIVERGED, f"{reason}, and no checkpoint to roll back to")
+            return
+        consumed = self.batches.consumed_samples
+        self.step = store.load(self.engine, self.run_dir, tag)["step"]
+        self.print(f"{reason}: rolled back to {tag}; the {consumed - self.batches.consumed_samples} samples "
+                   "read since are skipped")
+        for callback in self.callbacks:
+            callback.on_rollback(self)
+        self.log({"step": self.step, "rolled_back_to": self.step})
 
     @property
     def stopping(self) -> bool:
@@ -61,10 +89,13 @@ class Trainer:
         losses, sample_ids = [], []
         for micro_batch in self.batches.next_global_batch():
             loss = language_model_loss(self.engine, micro_batch["tokens"].to(self.device))
+            if self.step + 1 in self.inject_nonfinite_steps:
+                loss = loss * float("nan")  # once: a rolled-back run meets new data at this step
             self.engine.backward(loss)
             self.engine.step()  # DeepSpeed steps the optimizer only at the accumulation boundary
             losses.append(loss.detach().float())
             sample_ids += micro_batch["sample_ids"].tolist()
+        self.inject_nonfinite_steps.discard(self.step + 1)
         return {
             "sample_ids": sample_ids,
             "loss": self._data_parallel_mean(torch.stack(losses).mean()),

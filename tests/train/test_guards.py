@@ -1,0 +1,54 @@
+"""Injected non-finite losses: skipped and counted, then a rollback or a stop."""
+
+import math
+import os
+import subprocess
+import sys
+
+from training_runs import TINY_RUN, losses
+
+from pretrain import exit_codes
+from pretrain.monitor.metrics import read_metrics
+from pretrain.train.run import INJECT_NONFINITE
+
+
+def run_with_nan(data_root, run_dir, steps: str, *overrides):
+    command = [sys.executable, "-m", "pretrain.cli", "train", *TINY_RUN, f"data.root={data_root}",
+               f"train.run_dir={run_dir}", "parallel.nproc_per_node=2", "train.eval_interval=0", *overrides]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, INJECT_NONFINITE: steps})
+
+
+def records(run_dir, key):
+    return [r for r in read_metrics(run_dir / "metrics.jsonl") if key in r]
+
+
+def test_zero1_skips_a_nonfinite_step_and_goes_on(data_root, tmp_path):
+    result = run_with_nan(data_root, tmp_path, "4", "parallel.zero_stage=1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [r["step"] for r in records(tmp_path, "nonfinite_steps")] == [4]
+    curve = losses(tmp_path)
+    assert math.isnan(curve[4])
+    assert all(math.isfinite(curve[step]) for step in (5, 6))  # the weights were not touched
+
+
+def test_zero0_rolls_back_past_the_bad_data(data_root, tmp_path):
+    # ZeRO-0 applies a NaN update, so the guard must reload step 3 and move on.
+    result = run_with_nan(data_root, tmp_path, "5", "parallel.zero_stage=0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "rolled back to step_3" in result.stdout
+    assert [r["step"] for r in records(tmp_path, "rolled_back_to")] == [3]
+    steps = [r["step"] for r in records(tmp_path, "loss")]
+    assert steps == [1, 2, 3, 4, 5, 6]  # steps 4-5 were redone; each logged once
+    assert all(math.isfinite(value) for value in losses(tmp_path).values())
+    samples = read_metrics(tmp_path / "samples" / "rank_00000.jsonl")
+    first_after = next(r for r in samples if r["step"] == 4)["sample_ids"]
+    assert [r["step"] for r in samples] == [1, 2, 3, 4, 5, 6]
+    assert first_after != read_metrics(tmp_path / "samples" / "rank_00000.jsonl")[2]["sample_ids"]
+
+
+def test_too_many_in_a_row_stops_with_the_diverged_code(data_root, tmp_path):
+    result = run_with_nan(data_root, tmp_path, "2,3", "train.guard.nonfinite_patience=2",
+                          "train.guard.on_nonfinite=stop")
+    assert result.returncode == exit_codes.DIVERGED, result.stderr[-3000:]
+    assert "2 non-finite steps in a row" in result.stdout
