@@ -10,9 +10,13 @@ def clean(cfg: Config, args) -> int:
     from pretrain.data.clean import clean_corpus
 
     report = clean_corpus(cfg.data.clean, cfg.data.cleaned_dir)
-    dropped = ", ".join(f"{reason} {n}" for reason, n in report["dropped"].items())
+    dropped = ", ".join(f"{reason} {n}" for reason, n in report["dropped"].items() if n) or "none"
     print(f"cleaned {report['input_documents']} documents: kept {report['kept']}, dropped {dropped} "
           f"-> {cfg.data.cleaned_dir}")
+    if report["pii"]:
+        print("PII replaced: " + ", ".join(f"{kind} {n}" for kind, n in report["pii"].items()))
+    if report["resumed_tasks"]:
+        print(f"resumed: {report['resumed_tasks']} finished tasks of an earlier run were reused")
     return 0
 
 

@@ -1,44 +1,192 @@
-"""Stage 1, `pretrain data clean`: raw jsonl files and text folders → cleaned jsonl shards.
+"""Stage 1, `pretrain data clean`: raw inputs → cleaned jsonl shards, report.json and a data card.
 
-Owns reading the raw inputs, text normalization, the length filter, exact dedup and the
-report that accounts for every input document (kept + sum(dropped) == input_documents).
+Two halves. Tasks (a few input files each) are read, normalized, filtered, hashed and PII-scrubbed
+in worker processes (tasks.py), each leaving a completion marker in a work folder next to the
+output, so a killed run redoes only unfinished tasks. Dedup (exact, then MinHash) runs in this
+process over the tasks' records in input order, so the first copy is kept whatever the number of
+workers. report.json accounts for every input document: kept + sum(dropped) == input_documents.
 """
 
-import fnmatch
-import gzip
-import hashlib
-import json
-import re
-import unicodedata
+import multiprocessing
+import shutil
+import sys
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 
-from pretrain.data.config import CleanConfig
-from pretrain.errors import ConfigError
-from pretrain.io import atomic_dir, write_json
+import numpy as np
+import orjson
 
-KEY = "data.clean.inputs"
+from pretrain.data.card import write_card
+from pretrain.data.config import CleanConfig
+from pretrain.data.dedup import ExactIndex, NearDuplicateIndex
+from pretrain.data.progress import Progress
+from pretrain.data.readers import make_tasks
+from pretrain.data.tasks import finished, run_task, task_stem
+from pretrain.data.text import normalize_text
+from pretrain.errors import ConfigError
+from pretrain.io import atomic_dir, read_json, write_json
+
+__all__ = ["clean_corpus", "cleaned_files", "read_cleaned", "normalize_text"]
 DROP_REASONS = ("too_short", "too_long", "duplicate", "not_utf8")
-_MANY_BLANK_LINES = re.compile(r"\n{4,}")
 
 
 def clean_corpus(cfg: CleanConfig, out_dir: str | Path) -> dict:
-    """Normalize, filter and dedup cfg.inputs into out_dir/cleaned-*.jsonl; return the report."""
-    inputs = _check_inputs(cfg.inputs)
+    """Read, filter, dedup and scrub cfg.inputs into out_dir/cleaned-*.jsonl; return the report."""
+    tasks = make_tasks(cfg.inputs, cfg.glob, cfg.exclude, cfg.files_per_task)
+    out_dir = Path(out_dir)
+    work_dir = _work_dir(out_dir, cfg)
     report = _empty_report()
-    seen: set[bytes] = set()
     with atomic_dir(out_dir) as tmp:
         with _JsonlShards(tmp, cfg.docs_per_shard) as shards:
-            for source in inputs:
-                count = 0
-                for doc_id, text, nbytes in _read_input(source, cfg):
-                    count += 1
-                    kept = _clean_one(cfg, text, nbytes, seen, report)
-                    if kept is not None:
-                        shards.write({"text": kept, "id": doc_id})
-                report["inputs"].append({"path": str(source), "documents": count})
+            dedup = _Dedup(cfg)
+            for task, stats in _task_results(tasks, cfg, work_dir, report):
+                _add_task_counts(report, stats)
+                dedup.run(task_stem(work_dir, task), shards, report)
+        dedup.finish(report)
+        _finish_report(report)
         write_json(tmp / "report.json", report)
+        write_card(tmp, cfg, report)
+    shutil.rmtree(work_dir, ignore_errors=True)
     return report
+
+
+def _work_dir(out_dir: Path, cfg: CleanConfig) -> Path:
+    """The folder of task outputs and markers; emptied when the config changed since they were made."""
+    work_dir = out_dir.parent / f".{out_dir.name}.work"
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("workers", "progress", "docs_per_shard")}
+    config_file = work_dir / "config.json"
+    if work_dir.exists() and (not config_file.is_file() or read_json(config_file) != settings):
+        shutil.rmtree(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    write_json(config_file, settings)
+    return work_dir
+
+
+def _task_results(tasks, cfg: CleanConfig, work_dir: Path, report: dict) -> Iterator:
+    """(task, counts) in input order; finished tasks from their markers, the rest from the workers."""
+    done = {task.index: stats for task in tasks if (stats := finished(work_dir, task)) is not None}
+    pending = [task for task in tasks if task.index not in done]
+    report["resumed_tasks"] = len(done)
+    progress = Progress(tasks, enabled=cfg.progress)
+    with _results(pending, cfg, work_dir) as results:
+        for task in tasks:
+            stats = done.get(task.index) or next(results)
+            if "error" in stats:
+                raise ConfigError(*stats["error"])
+            progress.update(task, stats)
+            yield task, stats
+    progress.close()
+
+
+class _results:
+    """Worker results in task order: a process pool when cfg.workers > 1, else this process."""
+
+    def __init__(self, pending, cfg, work_dir):
+        self.pool = None
+        if cfg.workers > 1 and len(pending) > 1:
+            # spawn, not fork: the parent may hold torch threads and open files (tests, the CLI).
+            self.pool = multiprocessing.get_context("spawn").Pool(min(cfg.workers, len(pending)))
+            self.iterator = self.pool.imap(_TaskRunner(cfg, work_dir), pending)
+        else:
+            self.iterator = (run_task(task, cfg, work_dir) for task in pending)
+
+    def __enter__(self):
+        return self.iterator
+
+    def __exit__(self, *exc):
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
+
+
+class _TaskRunner:
+    def __init__(self, cfg, work_dir):
+        self.cfg, self.work_dir = cfg, work_dir
+
+    def __call__(self, task):
+        return run_task(task, self.cfg, self.work_dir)
+
+
+class _Dedup:
+    """Global exact and near dedup over task records, in input order; writes what survives."""
+
+    def __init__(self, cfg: CleanConfig):
+        self.exact = ExactIndex()
+        self.near = NearDuplicateIndex(cfg.near_dedup) if cfg.uses("near_dedup") else None
+
+    def run(self, stem: Path, shards, report: dict) -> None:
+        signatures = np.load(f"{stem}.sig.npy") if self.near else None
+        with open(f"{stem}.jsonl", "rb") as f:
+            for row, line in enumerate(f):
+                record = orjson.loads(line)
+                reason = self._reason(record, signatures, row)
+                if reason:
+                    _count_drop(report, reason, 1, record["bytes_in"])
+                else:
+                    _keep(report, record, shards)
+
+    def _reason(self, record: dict, signatures, row: int) -> str | None:
+        if self.exact.is_duplicate(bytes.fromhex(record["digest"])):
+            return "duplicate"
+        if self.near is not None and self.near.match(signatures[row], record["id"]) is not None:
+            return "near_duplicate"
+        return None
+
+    def finish(self, report: dict) -> None:
+        if self.near is not None:
+            report["near_dedup"] = self.near.cluster_report()
+
+
+def _keep(report: dict, record: dict, shards) -> None:
+    shards.write({"text": record["text"], "id": record["id"]})
+    report["kept"] += 1
+    report["bytes_out"] += len(record["text"].encode("utf-8"))
+    for kind, count in record.get("pii", {}).items():
+        report["pii"][kind] = report["pii"].get(kind, 0) + count
+
+
+def _count_drop(report: dict, reason: str, docs: int, nbytes: int) -> None:
+    report["dropped"][reason] = report["dropped"].get(reason, 0) + docs
+    report["dropped_bytes"][reason] = report["dropped_bytes"].get(reason, 0) + nbytes
+
+
+def _add_task_counts(report: dict, stats: dict) -> None:
+    report["input_documents"] += stats["documents"]
+    report["bytes_in"] += stats["bytes_in"]
+    for reason, (docs, nbytes) in stats["dropped"].items():
+        _count_drop(report, reason, docs, nbytes)
+    for source, count in stats["per_input"].items():
+        if report["inputs"] and report["inputs"][-1]["path"] == source:
+            report["inputs"][-1]["documents"] += count
+        else:
+            report["inputs"].append({"path": source, "documents": count})
+    report["empty_files"] += stats["empty_files"]
+    report["unreadable_files"] += stats["unreadable_files"]
+
+
+def _empty_report() -> dict:
+    return {
+        "input_documents": 0,
+        "kept": 0,
+        "dropped": {reason: 0 for reason in DROP_REASONS},
+        "dropped_bytes": {reason: 0 for reason in DROP_REASONS},
+        "inputs": [],
+        "bytes_in": 0,
+        "bytes_out": 0,
+        "pii": {},
+        "empty_files": [],
+        "unreadable_files": [],
+    }
+
+
+def _finish_report(report: dict) -> None:
+    accounted = report["kept"] + sum(report["dropped"].values())
+    if accounted != report["input_documents"]:  # a bug, not a user mistake: fail loudly
+        raise AssertionError(f"report does not add up: {accounted} != {report['input_documents']}")
+    for item in report["unreadable_files"]:
+        print(f"warning: {item['path']} is unreadable past some point ({item['error']}); "
+              "documents before it were counted", file=sys.stderr)
 
 
 def cleaned_files(cleaned_dir: str | Path) -> list[Path]:
@@ -54,130 +202,9 @@ def cleaned_files(cleaned_dir: str | Path) -> list[Path]:
 def read_cleaned(files) -> Iterator[dict]:
     """Yield the {"text", "id"} objects of cleaned files in order."""
     for path in files:
-        with open(path, encoding="utf-8") as f:
+        with open(path, "rb") as f:
             for line in f:
-                yield json.loads(line)
-
-
-def normalize_text(text: str) -> str:
-    """NFC, \\n line endings, no trailing spaces, at most 2 blank lines in a row, no blank edges."""
-    if not unicodedata.is_normalized("NFC", text):
-        text = unicodedata.normalize("NFC", text)
-    text = text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
-    text = "\n".join(line.rstrip() for line in text.split("\n"))
-    # Two blank lines survive: PEP 8 puts them between top-level definitions in code.
-    text = _MANY_BLANK_LINES.sub("\n\n\n", text)
-    # Only blank lines are stripped at the edges: the first line's indentation is content.
-    return text.strip("\n")
-
-
-def _clean_one(cfg: CleanConfig, text, nbytes: int, seen: set, report: dict) -> str | None:
-    report["input_documents"] += 1
-    report["bytes_in"] += nbytes
-    reason, text = _drop_reason(cfg, text, seen)
-    if reason is not None:
-        report["dropped"][reason] += 1
-        return None
-    report["kept"] += 1
-    report["bytes_out"] += len(text.encode("utf-8"))
-    return text
-
-
-def _drop_reason(cfg: CleanConfig, text, seen: set):
-    if text is None:
-        return "not_utf8", None
-    text = normalize_text(text)
-    # Length first: it is cheaper than hashing, and short duplicates count as short.
-    if len(text) < cfg.min_chars:
-        return "too_short", None
-    if len(text) > cfg.max_chars:
-        return "too_long", None
-    try:
-        data = text.encode("utf-8")
-    except UnicodeEncodeError:  # lone surrogates from a JSON "\ud800" escape
-        return "not_utf8", None
-    digest = hashlib.blake2b(data, digest_size=16).digest()
-    if digest in seen:
-        return "duplicate", None
-    seen.add(digest)
-    return None, text
-
-
-def _check_inputs(inputs) -> list[Path]:
-    if not inputs:
-        raise ConfigError(KEY, "no inputs given: list .jsonl files or folders of text files")
-    paths = sorted(Path(p) for p in inputs)
-    for path in paths:
-        if not path.exists():
-            raise ConfigError(KEY, f"no such file or folder: {path}")
-        if path.is_file() and not path.name.endswith((".jsonl", ".jsonl.gz")):
-            raise ConfigError(KEY, f"{path}: expected a .jsonl or .jsonl.gz file, or a folder")
-    return paths
-
-
-def _empty_report() -> dict:
-    return {
-        "input_documents": 0,
-        "kept": 0,
-        "dropped": {reason: 0 for reason in DROP_REASONS},
-        "inputs": [],
-        "bytes_in": 0,
-        "bytes_out": 0,
-    }
-
-
-def _read_input(source: Path, cfg: CleanConfig):
-    """Yield (id, text or None when not UTF-8, input bytes) for each document of one input."""
-    if source.is_dir():
-        yield from _read_folder(source, cfg.glob, cfg.exclude)
-    else:
-        yield from _read_jsonl(source, cfg.text_key)
-
-
-def _read_folder(folder: Path, pattern: str, exclude: list[str]):
-    files = sorted(p for p in folder.glob(pattern) if p.is_file() and not _excluded(p.relative_to(folder), exclude))
-    for path in files:
-        raw = path.read_bytes()
-        doc_id = f"{folder}:{path.relative_to(folder).as_posix()}"
-        yield doc_id, _decode(raw), len(raw)
-
-
-def _excluded(relative: Path, patterns: list[str]) -> bool:
-    return any(fnmatch.fnmatch(relative.as_posix(), pattern) for pattern in patterns)
-
-
-def _read_jsonl(path: Path, text_key: str):
-    opener = gzip.open if path.name.endswith(".gz") else open
-    try:
-        with opener(path, "rb") as f:
-            for line_number, raw in enumerate(f, start=1):
-                if raw.strip():
-                    text = _jsonl_text(raw, path, line_number, text_key)
-                    yield f"{path}:{line_number}", text, len(raw)
-    except (EOFError, gzip.BadGzipFile) as e:
-        raise ConfigError(KEY, f"{path}: not a valid gzip file ({e})") from None
-
-
-def _jsonl_text(raw: bytes, path: Path, line_number: int, text_key: str) -> str | None:
-    line = _decode(raw)
-    if line is None:
-        return None
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError:
-        raise ConfigError(KEY, f"{path}:{line_number}: not valid JSON") from None
-    if not isinstance(obj, dict) or text_key not in obj:
-        raise ConfigError(KEY, f"{path}:{line_number}: no '{text_key}' field")
-    if not isinstance(obj[text_key], str):
-        raise ConfigError(KEY, f"{path}:{line_number}: '{text_key}' is not a string")
-    return obj[text_key]
-
-
-def _decode(raw: bytes) -> str | None:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
+                yield orjson.loads(line)
 
 
 class _JsonlShards:
@@ -193,12 +220,12 @@ class _JsonlShards:
     def write(self, obj: dict) -> None:
         if self.file is None or self.count == self.docs_per_shard:
             self._next_file()
-        self.file.write(json.dumps(obj, ensure_ascii=False) + "\n")
+        self.file.write(orjson.dumps(obj) + b"\n")
         self.count += 1
 
     def _next_file(self) -> None:
         self.close()
-        self.file = open(self.folder / f"cleaned-{self.shard:05d}.jsonl", "w", encoding="utf-8")
+        self.file = open(self.folder / f"cleaned-{self.shard:05d}.jsonl", "wb")
         self.shard += 1
         self.count = 0
 

@@ -137,7 +137,10 @@ def global_sample_id(index: int, num_samples: int, seed: int) -> int:
 
 
 class TrainBatches:
-    """One dp rank's share of each global batch, as micro-batches; resumes from consumed_samples."""
+    """One dp rank's share of each global batch, as micro-batches; resumes from consumed_samples.
+
+    `samples` is one dataset's ShardedSamples or a Mixture of several.
+    """
 
     def __init__(
         self,
@@ -164,9 +167,15 @@ class TrainBatches:
         """This rank's micro-batches of the global batch at consumed_samples; then advance it."""
         start = self.consumed_samples
         indices = range(start + self.dp_rank, start + self.global_batch_size, self.dp_size)
-        ids = [global_sample_id(i, len(self.samples), self.seed) for i in indices]
+        ids = [self._sample_id(i) for i in indices]
         self.consumed_samples += self.global_batch_size
         return _micro_batches(self.samples, ids, self.micro_batch_size)
+
+    def _sample_id(self, index: int) -> int:
+        # A Mixture (pretrain.data.mixture) maps indices itself, with the seed it was built with.
+        if hasattr(self.samples, "sample_id"):
+            return self.samples.sample_id(index)
+        return global_sample_id(index, len(self.samples), self.seed)
 
     def __iter__(self):
         return self

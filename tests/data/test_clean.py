@@ -92,21 +92,19 @@ def test_output_is_deterministic(planted, tmp_path):
     clean_corpus(cfg, tmp_path / "one")
     clean_corpus(CleanConfig(inputs=planted[::-1], min_chars=20, max_chars=500, docs_per_shard=2), tmp_path / "two")
     for first in (tmp_path / "one").iterdir():
+        if first.name.startswith("card"):  # the card records the config as given, inputs in that order
+            continue
         assert first.read_bytes() == (tmp_path / "two" / first.name).read_bytes()
 
 
-@pytest.mark.parametrize(
-    "line, message",
-    [("{not json", "not valid JSON"), ('{"body": "x"}', "no 'text' field"), ('{"text": 3}', "'text' is not a string")],
-)
-def test_bad_jsonl_line_names_file_and_line(tmp_path, line, message):
+def test_a_file_that_is_mostly_not_json_is_one_error_naming_it(tmp_path):
     path = write_jsonl(tmp_path / "docs.jsonl", [BODY, BODY * 2])
     with open(path, "a") as f:
-        f.write(line + "\n")
+        f.write("{not json\n")
     with pytest.raises(ConfigError) as error:
         clean_corpus(CleanConfig(inputs=[str(path)]), tmp_path / "out")
     assert error.value.key == "data.clean.inputs"
-    assert f"{path}:3: {message}" in str(error.value)
+    assert f"1 of 3 lines are not valid JSON (first at {path}:3)" in str(error.value)
 
 
 def test_missing_and_empty_inputs(tmp_path):
@@ -125,18 +123,18 @@ def test_failed_run_leaves_previous_output_intact(planted, tmp_path):
     clean_corpus(CleanConfig(inputs=planted, min_chars=20, max_chars=500, docs_per_shard=2), out)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     # A different corpus that fails on its last line, after several shards were written.
-    broken = write_jsonl(tmp_path / "broken.jsonl", [BODY * n for n in range(1, 8)])
-    with open(broken, "a") as f:
-        f.write("{oops\n")
-    with pytest.raises(ConfigError, match="broken.jsonl:8"):
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text("".join(json.dumps({"body": BODY * n}) + "\n" for n in range(1, 8)))
+    with pytest.raises(ConfigError, match="broken.jsonl: no line has the field 'text'"):
         clean_corpus(CleanConfig(inputs=[str(broken)], min_chars=20, docs_per_shard=2), out)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+    # The failed run's finished tasks stay in the work folder for a re-run; no partial output does.
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == [".out.work"]
 
 
 def test_rerun_replaces_output(planted, tmp_path):
     out = tmp_path / "out"
     clean_corpus(CleanConfig(inputs=planted, min_chars=20, max_chars=500, docs_per_shard=1), out)
     clean_corpus(CleanConfig(inputs=planted[:1], min_chars=20, max_chars=500, docs_per_shard=10), out)
-    assert sorted(p.name for p in out.iterdir()) == ["cleaned-00000.jsonl", "report.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["card.json", "card.md", "cleaned-00000.jsonl", "report.json"]
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

@@ -1,0 +1,93 @@
+"""Mixtures: several datasets' train samples drawn in proportion to weights, as a pure function of the index.
+
+Global index i falls in block i // BLOCK. Each block holds every dataset's share of BLOCK samples
+(weights rounded by largest remainder, so proportions are exact to 1/BLOCK), in an order shuffled
+by (seed, block). Dataset d's k-th draw overall is k = block * share[d] + (draws of d earlier in the
+block), and reads that dataset's global_sample_id-style epoch permutation at k. Nothing depends on
+history, so resume stays one consumed_samples number and any rank can compute any index.
+"""
+
+import functools
+
+import numpy as np
+
+from pretrain.data.loader import ShardedSamples, sample_order
+from pretrain.errors import ConfigError
+
+BLOCK = 4096
+# Sample ids of a mixture pack (dataset, sample) into one int64 for logs: dataset << ID_SHIFT | sample.
+ID_SHIFT = 40
+
+
+def shares(weights: list[float], block: int = BLOCK) -> np.ndarray:
+    """Samples per block for each weight: proportional, summing to block (largest remainder)."""
+    exact = np.asarray(weights, dtype=np.float64) / sum(weights) * block
+    counts = np.floor(exact).astype(np.int64)
+    short = block - counts.sum()
+    counts[np.argsort(-(exact - counts), kind="stable")[:short]] += 1
+    return counts
+
+
+class Mixture:
+    """Random access to a weighted mixture of datasets' train splits by global index."""
+
+    def __init__(self, datasets: list[ShardedSamples], weights: list[float], seed: int):
+        _check_compatible(datasets)
+        self.datasets = datasets
+        self.weights = list(weights)
+        self.seed = seed
+        self.shares = shares(weights)
+        if (self.shares == 0).any():
+            raise ConfigError("data.mixture.weight", f"a weight below 1/{BLOCK} of the total draws nothing")
+        self.split = "train"
+        self.dir = datasets[0].dir
+
+    def __len__(self) -> int:
+        return sum(len(d) for d in self.datasets)
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """(dataset, sample within its train split) read at global mixture index `index`."""
+        block, position = divmod(index, BLOCK)
+        pattern, ranks = _block_pattern(self.seed, tuple(self.shares), block)
+        dataset = int(pattern[position])
+        draw = block * int(self.shares[dataset]) + int(ranks[position])
+        epoch, offset = divmod(draw, len(self.datasets[dataset]))
+        order = _dataset_order(len(self.datasets[dataset]), self.seed, dataset, epoch)
+        return dataset, int(order[offset])
+
+    def sample_id(self, index: int) -> int:
+        """The packed (dataset, sample) id read at global index `index`."""
+        dataset, sample = self.locate(index)
+        return dataset << ID_SHIFT | sample
+
+    def __getitem__(self, sample_id: int) -> np.ndarray:
+        return self.datasets[sample_id >> ID_SHIFT][sample_id & ((1 << ID_SHIFT) - 1)]
+
+
+@functools.lru_cache(maxsize=4)
+def _block_pattern(seed: int, block_shares: tuple, block: int) -> tuple[np.ndarray, np.ndarray]:
+    pattern = np.repeat(np.arange(len(block_shares)), block_shares)
+    pattern = np.random.default_rng((seed, block)).permutation(pattern)
+    ranks = np.empty(len(pattern), dtype=np.int64)
+    for dataset in range(len(block_shares)):
+        where = pattern == dataset
+        ranks[where] = np.arange(where.sum())
+    return pattern, ranks
+
+
+@functools.lru_cache(maxsize=16)
+def _dataset_order(num_samples: int, seed: int, dataset: int, epoch: int) -> np.ndarray:
+    # Dataset 0 of a mixture follows the same order as that dataset trained alone.
+    return sample_order(num_samples, seed + dataset * 1_000_003, epoch)
+
+
+def _check_compatible(datasets: list[ShardedSamples]) -> None:
+    if not datasets:
+        raise ConfigError("data.mixture", "is empty")
+    first = datasets[0].manifest
+    for samples in datasets:
+        if len(samples) == 0:
+            raise ConfigError("data.mixture", f"{samples.dir} has no train samples")
+        for key in ("tokenizer_sha256", "sequence_length"):
+            if samples.manifest[key] != first[key]:
+                raise ConfigError("data.mixture", f"{samples.dir} has another {key} than {datasets[0].dir}")
