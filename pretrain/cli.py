@@ -20,7 +20,13 @@ COMMANDS = {
                         "Tokenize the cleaned corpus into webdataset shards with a manifest."),
     ("train",): ("pretrain.stages:train", "Train (or resume) a model; launches torchrun itself when not under one."),
     ("demo",): ("pretrain.stages:demo", "Run every stage on the standard library's sources, then sample text."),
+    ("submit",): ("pretrain.launch.commands:submit", "Render the run's sbatch script and submit it to Slurm."),
+    ("resume",): ("pretrain.launch.commands:resume", "Submit a stopped run again from its saved config."),
+    ("status",): ("pretrain.launch.commands:status", "Job state, restarts, last step, loss and checkpoint of runs."),
+    ("cancel",): ("pretrain.launch.commands:cancel", "Ask a run's job to save a checkpoint, then cancel it."),
 }
+# These take a run directory and compose its saved config (or none) instead of configs/.
+RUN_DIR_COMMANDS = {"resume", "status", "cancel"}
 
 OVERRIDES_HELP = (
     "Hydra overrides, e.g. model=llama_125m optim.lr=3e-4 train.run_dir=runs/x. "
@@ -41,12 +47,24 @@ def build_parser() -> argparse.ArgumentParser:
                 nested[words[0]] = group.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
             parent = nested[words[0]]
         sub = parent.add_parser(words[-1], help=help_text, description=help_text)
+        if words[0] in RUN_DIR_COMMANDS:
+            sub.add_argument("run_dir", nargs="?" if words[0] == "status" else None, metavar="RUN_DIR")
         sub.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
+        if words[0] in ("submit", "resume"):
+            add_submit_options(sub)
+        if words[0] == "cancel":
+            sub.add_argument("--wait", type=int, default=600, help="Seconds to wait for the checkpoint (default 600).")
         sub.add_argument("--config-dir", default=None, help="The configs/ tree to compose from.")
         sub.add_argument("--config-name", default="config", help="Top config file name (default: config).")
         sub.add_argument("--print-config", action="store_true", help="Print the composed config and exit.")
         sub.set_defaults(target=target)
     return parser
+
+
+def add_submit_options(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--dry-run", action="store_true", help="Print the sbatch script and the config; submit nothing.")
+    sub.add_argument("--chain", type=int, default=1, metavar="N",
+                     help="Submit N jobs, each starting after the previous one ends (runs longer than a time limit).")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
 
         print(OmegaConf.to_yaml(compose_dict(args.overrides, args.config_name, args.config_dir)), end="")
         return 0
-    cfg = compose_config(args.overrides, args.config_name, args.config_dir)
+    cfg = None if args.command in RUN_DIR_COMMANDS else compose_config(args.overrides, args.config_name,
+                                                                        args.config_dir)
     module_name, function_name = args.target.split(":")
     module = __import__(module_name, fromlist=[function_name])
     return getattr(module, function_name)(cfg, args) or 0

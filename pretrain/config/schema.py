@@ -3,6 +3,7 @@
 from dataclasses import dataclass, field
 
 from pretrain.data.config import DataConfig
+from pretrain.launch.config import ClusterConfig
 from pretrain.model.config import ModelConfig
 from pretrain.monitor.config import LoggingConfig
 from pretrain.parallel.config import ParallelConfig
@@ -17,3 +18,4 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)

@@ -1,0 +1,58 @@
+"""Thin calls to Slurm's client commands (sbatch, scontrol, squeue, scancel)."""
+
+import shutil
+import subprocess
+
+from pretrain.errors import ConfigError
+
+ACTIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "REQUEUE_HOLD", "REQUEUE_FED",
+                 "RESIZING", "SUSPENDED", "SIGNALING", "STAGE_OUT"}
+
+
+def require(name: str) -> None:
+    if shutil.which(name) is None:
+        raise ConfigError("cluster.scheduler", f"{name} not found on PATH: is this a Slurm login node?")
+
+
+def slurm_command(name: str, *args: str, cwd: str | None = None) -> str:
+    """Run a Slurm client command; its stdout. A missing command or an error is one ConfigError."""
+    require(name)
+    result = subprocess.run([name, *args], capture_output=True, text=True, cwd=cwd)
+    if result.returncode != 0:
+        message = (result.stderr or result.stdout).strip().splitlines()
+        raise ConfigError(name, message[-1] if message else f"exited with {result.returncode}")
+    return result.stdout
+
+
+def sbatch(script: str, cwd: str, dependency: str | None = None) -> str:
+    """Submit a script; the job id."""
+    extra = [f"--dependency=afterany:{dependency}"] if dependency else []
+    return slurm_command("sbatch", "--parsable", *extra, script, cwd=cwd).strip().split(";")[0]
+
+
+def job_info(job_id: str) -> dict[str, str]:
+    """`scontrol show job` as a dict; empty when Slurm no longer knows the job."""
+    try:
+        text = slurm_command("scontrol", "show", "job", "--oneliner", job_id)
+    except ConfigError:
+        return {}
+    info = {}
+    for word in text.split():
+        key, _, value = word.partition("=")
+        info.setdefault(key, value)
+    return info
+
+
+def my_jobs() -> list[dict[str, str]]:
+    """The user's queued and running jobs: id, name, state, elapsed time, working directory."""
+    text = slurm_command("squeue", "--me", "--noheader", "--format=%i|%j|%T|%M|%Z")
+    keys = ("JobId", "JobName", "JobState", "RunTime", "WorkDir")
+    return [dict(zip(keys, line.split("|", 4))) for line in text.splitlines() if line.strip()]
+
+
+def signal_batch(job_id: str, signal_name: str) -> None:
+    slurm_command("scancel", "--batch", f"--signal={signal_name}", job_id)
+
+
+def cancel(job_id: str) -> None:
+    slurm_command("scancel", job_id)

@@ -1,0 +1,64 @@
+"""Runs through `pretrain submit` on the real 2-node test cluster (slurm/testcluster/)."""
+
+import time
+
+import pytest
+from cluster_runs import job_log, job_starts, job_state, pretrain, steps_logged, submit, wait_for_job
+
+pytestmark = [pytest.mark.slurm, pytest.mark.timeout(300)]
+
+
+def test_two_node_job_trains_to_the_end_and_a_chained_job_exits_at_once(slurm_conf, data_root, tmp_path):
+    run_dir = tmp_path / "two_nodes"
+    job_id, chained = submit(data_root, run_dir, chain=2)
+    info, seen = wait_for_job(job_id, run_dir, timeout=180)
+    assert info["JobState"] == "COMPLETED", job_log(run_dir, job_id)
+    assert steps_logged(run_dir)[-1] == 6
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step_6"
+    print(f"\nsubmit to first step: {seen['first_step']:.1f}s")
+    table = pretrain("status", str(run_dir)).stdout
+    assert chained in table and "step_6" in table  # the run's latest job
+    info, _ = wait_for_job(chained, run_dir, timeout=60)  # afterany: starts once the first ends
+    assert info["JobState"] == "COMPLETED" and "nothing to do" in job_log(run_dir, chained)
+    assert [start["job_id"] for start in job_starts(run_dir)] == [int(job_id), int(chained)]
+
+
+@pytest.mark.slow
+def test_time_limit_requeues_and_resumes(slurm_conf, data_root, tmp_path):
+    # A 1-minute limit and USR1 10 s before it. Slurm checks limits every 30 s, so the signal
+    # comes 20 to 50 s after the start; a step of 32 samples makes the run too long for one job.
+    run_dir = tmp_path / "requeue"
+    job_id, = submit(data_root, run_dir, "cluster.time=1", "cluster.signal_grace=10", "train.train_steps=400",
+                    "train.global_batch_size=32", "train.save_interval=100", "train.eval_interval=0",
+                    "train.log_interval=10", "optim.decay_steps=300")
+    info, seen = wait_for_job(job_id, run_dir, timeout=280)
+    log = job_log(run_dir, job_id)
+    assert info["JobState"] == "COMPLETED", log
+    assert "requeueing" in log
+    starts = job_starts(run_dir)
+    assert [s["restart_count"] for s in starts] == list(range(len(starts))) and len(starts) >= 2
+    steps = steps_logged(run_dir)
+    assert steps[-1] == 400 and all(a < b for a, b in zip(steps, steps[1:])), steps  # continued, not restarted
+    print(f"\nsubmit to first step {seen['first_step']:.1f}s; signal to first step of the requeued job "
+          f"{seen['first_step_after_signal'] - seen['signal']:.1f}s; {len(starts)} starts")
+
+
+def test_cancel_saves_then_resume_finishes(slurm_conf, data_root, tmp_path):
+    run_dir = tmp_path / "cancel"
+    job_id, = submit(data_root, run_dir, "train.train_steps=5000", "train.save_interval=1000", "train.eval_interval=0",
+                    "train.log_interval=5")
+    deadline = time.monotonic() + 120
+    while not steps_logged(run_dir) and time.monotonic() < deadline:
+        time.sleep(1)
+    table = pretrain("status", str(run_dir)).stdout
+    assert "RUNNING" in table, table
+    pretrain("cancel", str(run_dir), "--wait", "60")
+    assert job_state(job_id)["JobState"] in {"COMPLETED", "FAILED", "CANCELLED"}
+    saved = int((run_dir / "checkpoints" / "latest").read_text().strip().removeprefix("step_"))
+    assert 0 < saved < 5000 and len(job_starts(run_dir)) == 1  # saved on the way out, not requeued
+    out = pretrain("resume", str(run_dir), f"train.train_steps={saved + 10}").stdout
+    resumed = out.split("submitted job ")[1].split()[0]
+    info, _ = wait_for_job(resumed, run_dir, timeout=120)
+    assert info["JobState"] == "COMPLETED", job_log(run_dir, resumed)
+    steps = steps_logged(run_dir)
+    assert steps[-1] == saved + 10 and all(a < b for a, b in zip(steps, steps[1:])), steps
