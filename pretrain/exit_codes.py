@@ -5,6 +5,10 @@ BAD_INPUT = 2
 """A config key or input file is wrong; the message names it. Retrying will not help."""
 DIVERGED = 3
 """Stopped after too many non-finite losses in a row; requeueing will not help."""
+HUNG = 4
+"""A rank made no progress for train.step_timeout seconds (a dead peer or a stuck collective)."""
+STORAGE = 74
+"""A checkpoint could not be written (disk full, no permission); the previous one is intact."""
 REQUEUE = 75
 """Stopped on SIGUSR1/SIGTERM after saving a checkpoint: submit again to continue (EX_TEMPFAIL)."""
 INTERRUPTED = 130

@@ -4,11 +4,15 @@ A callback sees the trainer at fixed points and may keep state that is saved wit
 checkpoint (`state_dict`/`load_state_dict`, keyed by the callback's `name`).
 """
 
+import os
+import shutil
+import sys
 import time
 from pathlib import Path
 
 import torch
 
+from pretrain import exit_codes
 from pretrain.checkpoint import store
 from pretrain.monitor.metrics import MetricsFile, format_record
 
@@ -98,8 +102,29 @@ class Checkpointing(Callback):
         if (self.interval and trainer.step % self.interval == 0) or trainer.finished or trainer.stopping:
             started = time.perf_counter()
             state = {**trainer.state_dict(), "config": self.resolved_config}
-            path = store.save(trainer.engine, trainer.run_dir, trainer.step, state, self.retention)
+            try:
+                path = store.save(trainer.engine, trainer.run_dir, trainer.step, state, self.retention)
+            except (OSError, RuntimeError) as error:  # torch.save reports a full disk as RuntimeError
+                _exit_on_storage_error(trainer, error)
             trainer.print(f"saved checkpoint {path} in {time.perf_counter() - started:.1f}s")
+
+
+def _exit_on_storage_error(trainer, error: Exception) -> None:
+    # The other ranks are blocked in the save's collectives: leave at once and let the launcher
+    # stop them. `latest` was not moved, so the previous checkpoint is the one a restart uses.
+    latest = store.latest_tag(trainer.run_dir) or "no checkpoint yet"
+    print(f"pretrain: error: rank {trainer.rank}: could not write the checkpoint of step {trainer.step}: "
+          f"{_describe(error, trainer.run_dir)}; latest is still {latest}", file=sys.stderr, flush=True)
+    os._exit(exit_codes.STORAGE)
+
+
+def _describe(error: Exception, run_dir) -> str:
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.strerror} ({error.filename})"
+    free = shutil.disk_usage(run_dir).free
+    if free < 64 * 2**20:
+        return f"No space left on device ({free} bytes free under {run_dir})"
+    return str(error).splitlines()[0]
 
 
 class MetricsLog(Callback):

@@ -73,6 +73,9 @@ class TrainConfig:
     """Steps between checkpoints; a checkpoint is also written at the end."""
     log_sample_ids: bool = False
     """Record every step's sample ids per rank in run_dir/samples/ (an audit of the data order)."""
+    step_timeout: int = 1800
+    """Seconds a rank may go without finishing a step (checkpoints and validation included)
+    before it ends the job naming itself; 0 turns the watchdog off."""
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     guard: GuardConfig = field(default_factory=GuardConfig)
     sample_prompts: list[str] = field(default_factory=list)
@@ -83,7 +86,7 @@ class TrainConfig:
     def __post_init__(self):
         for key in ("train_steps", "micro_batch_size", "global_batch_size", "log_interval", "eval_samples"):
             check_positive(f"train.{key}", getattr(self, key))
-        for key in ("eval_interval", "save_interval", "sample_tokens"):
+        for key in ("eval_interval", "save_interval", "sample_tokens", "step_timeout"):
             check_positive(f"train.{key}", getattr(self, key), allow_zero=True)
         check_choice("train.precision", self.precision, ("fp32", "bf16", "fp16"))
         if self.global_batch_size % self.micro_batch_size:

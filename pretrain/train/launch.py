@@ -47,7 +47,8 @@ def _forward_to_workers(signum, frame) -> None:
 def _exit_code_of(failures: dict) -> int:
     """A documented code if any worker gave one (others may have been stopped by the agent)."""
     codes = {rank: failure.exitcode for rank, failure in sorted(failures.items())}
-    for code in (exit_codes.BAD_INPUT, exit_codes.REQUEUE, exit_codes.INTERRUPTED):
+    for code in (exit_codes.BAD_INPUT, exit_codes.STORAGE, exit_codes.HUNG, exit_codes.DIVERGED,
+                 exit_codes.REQUEUE, exit_codes.INTERRUPTED):
         if code in codes.values():
             return code
     rank, code = next(iter(codes.items()))

@@ -21,9 +21,12 @@ from pretrain.train.guards import NonFiniteGuard
 from pretrain.train.inputs import check_inputs
 from pretrain.train.signals import StopOnSignal
 from pretrain.train.trainer import Trainer
+from pretrain.train.watchdog import StepWatchdog
 
 INJECT_NONFINITE = "PRETRAIN_INJECT_NONFINITE_STEPS"
 """Fault injection for tests: comma-separated steps whose loss is made NaN."""
+INJECT_HANG = "PRETRAIN_INJECT_HANG"
+"""Fault injection for tests: "RANK:STEP", that rank stops responding before that step."""
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -52,6 +55,7 @@ def build_trainer(cfg: Config, config_dict: dict, layout: ParallelLayout, tokeni
     trainer = Trainer(engine, train_batches(cfg, layout), build_callbacks(cfg, config_dict, layout, tokenizer),
                       str(run_dir), cfg.train.train_steps, cfg.model.seq_length, engine.device)
     trainer.inject_nonfinite_steps = {int(s) for s in os.environ.get(INJECT_NONFINITE, "").split(",") if s}
+    trainer.inject_hang = _injected_hang(layout.rank)
     resume(trainer, run_dir, cfg.train.checkpoint.verify)
     return trainer
 
@@ -83,6 +87,8 @@ def build_callbacks(cfg: Config, config_dict, layout: ParallelLayout, tokenizer:
         valid = valid_batches(ShardedSamples(cfg.data.dataset_dir, "valid"), train.eval_samples,
                               train.micro_batch_size, layout.data_parallel_rank, layout.data_parallel_size)
         callbacks.append(cb.Evaluation(train.eval_interval, valid))
+    if train.step_timeout:
+        callbacks.append(StepWatchdog(train.step_timeout))
     callbacks += [StopOnSignal(), cb.Checkpointing(train.save_interval, train.checkpoint, config),
                   cb.Samples(train.sample_prompts, train.sample_tokens, tokenizer, train.seed)]
     return callbacks
@@ -97,3 +103,12 @@ def resume(trainer: Trainer, run_dir: Path, verify: str) -> None:
     trainer.load_state_dict(store.load(trainer.engine, run_dir, tag))
     trainer.print(f"resuming from {store.checkpoints_dir(run_dir) / tag} "
                   f"(step {trainer.step}, consumed_samples {trainer.batches.consumed_samples})")
+
+
+def _injected_hang(rank: int) -> int | None:
+    """The step before which this rank is to hang, when a test injects one."""
+    target = os.environ.get(INJECT_HANG)
+    if not target:
+        return None
+    hang_rank, step = (int(x) for x in target.split(":"))
+    return step if hang_rank == rank else None

@@ -1,5 +1,6 @@
 """The training loop. It runs steps; callbacks do everything else."""
 
+import threading
 import time
 from pathlib import Path
 
@@ -21,13 +22,18 @@ class Trainer:
         self.seq_length = seq_length
         self.device = device
         self.step = 0
-        self.is_rank0 = dist.get_rank() == 0
+        self.rank = dist.get_rank()
+        self.is_rank0 = self.rank == 0
         self.stop_code: int | None = None
         """Set by a callback to end the run early with this exit code (after the step's callbacks)."""
         self.rollback_reason: str | None = None
         """Set by a callback to reload the newest checkpoint before the next step."""
         self.inject_nonfinite_steps: set[int] = set()
         """Fault injection for tests: these steps' losses are made NaN before backward."""
+        self.inject_hang: int | None = None
+        """Fault injection for tests: this rank stops responding before this step."""
+        self.on_progress = None
+        """Called with (step, micro_batch) as a step advances: -1 when it starts, then after each backward."""
 
     def fit(self) -> int:
         """Train until `train_steps` (or a callback's stop), from wherever the state says the run is."""
@@ -52,6 +58,10 @@ class Trainer:
         """End the run after this step's callbacks; checkpointing sees `stopping` and saves."""
         self.stop_code = exit_code
         self.print(f"stopping at step {self.step}: {reason}")
+
+    def _progress(self, micro_batch: int) -> None:
+        if self.on_progress is not None:
+            self.on_progress(self.step + 1, micro_batch)
 
     def request_rollback(self, reason: str) -> None:
         """Reload the newest checkpoint before the next step, keeping the data position."""
@@ -84,14 +94,18 @@ class Trainer:
     def train_step(self) -> dict:
         """One optimizer step: every micro-batch of this rank's share of the global batch."""
         started = time.perf_counter()
+        if self.step + 1 == self.inject_hang:
+            threading.Event().wait()  # a rank that stops responding, as a wedged GPU or a dead node does
+        self._progress(-1)
         self.engine.train()
         lr = self.engine.get_lr()[0]
         losses, sample_ids = [], []
-        for micro_batch in self.batches.next_global_batch():
+        for index, micro_batch in enumerate(self.batches.next_global_batch()):
             loss = language_model_loss(self.engine, micro_batch["tokens"].to(self.device))
             if self.step + 1 in self.inject_nonfinite_steps:
                 loss = loss * float("nan")  # once: a rolled-back run meets new data at this step
             self.engine.backward(loss)
+            self._progress(index)
             self.engine.step()  # DeepSpeed steps the optimizer only at the accumulation boundary
             losses.append(loss.detach().float())
             sample_ids += micro_batch["sample_ids"].tolist()
