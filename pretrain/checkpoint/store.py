@@ -21,6 +21,7 @@ from pretrain.checkpoint import manifest
 from pretrain.checkpoint.config import CheckpointConfig
 from pretrain.errors import ConfigError
 from pretrain.io import write_atomic, write_json
+from pretrain.train.faults import kill_point
 
 LATEST = "latest"
 TRAINER_STATE = "trainer_state.json"
@@ -76,8 +77,10 @@ def save(engine, run_dir: str | Path, step: int, trainer_state: dict, retention:
     torch.save(rng_state(), root / tag / "rng" / f"rank_{rank:05d}.pt")
     if rank == 0:
         write_json(root / tag / TRAINER_STATE, trainer_state)
+    kill_point("checkpoint", step)
     dist.barrier()
     manifest.seal(root / tag)
+    kill_point("seal", step)
     if rank == 0:
         write_atomic(root / LATEST, tag + "\n")
         prune(run_dir, retention)

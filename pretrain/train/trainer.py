@@ -10,6 +10,7 @@ from megatron.core import parallel_state
 
 from pretrain import exit_codes
 from pretrain.model.gpt import language_model_loss
+from pretrain.train.faults import kill_point
 
 
 class Trainer:
@@ -100,12 +101,17 @@ class Trainer:
         self.engine.train()
         lr = self.engine.get_lr()[0]
         losses, sample_ids = [], []
-        for index, micro_batch in enumerate(self.batches.next_global_batch()):
+        micro_batches = self.batches.next_global_batch()
+        for index, micro_batch in enumerate(micro_batches):
+            kill_point("forward", self.step + 1)
             loss = language_model_loss(self.engine, micro_batch["tokens"].to(self.device))
             if self.step + 1 in self.inject_nonfinite_steps:
                 loss = loss * float("nan")  # once: a rolled-back run meets new data at this step
+            kill_point("backward", self.step + 1)
             self.engine.backward(loss)
             self._progress(index)
+            if index == len(micro_batches) - 1:
+                kill_point("optimizer", self.step + 1)
             self.engine.step()  # DeepSpeed steps the optimizer only at the accumulation boundary
             losses.append(loss.detach().float())
             sample_ids += micro_batch["sample_ids"].tolist()
