@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
         if words[0] in ("submit", "resume"):
             add_submit_options(sub)
+        if words[0] == "submit":
+            sub.add_argument("-m", "--multirun", action="store_true",
+                             help="Sweep: one job per point of the overrides' comma lists, range(...), choice(...).")
         if words[0] == "cancel":
             sub.add_argument("--wait", type=int, default=600, help="Seconds to wait for the checkpoint (default 600).")
         sub.add_argument("--config-dir", default=None, help="The configs/ tree to compose from.")
@@ -77,8 +80,10 @@ def run(args: argparse.Namespace) -> int:
 
         print(OmegaConf.to_yaml(compose_dict(args.overrides, args.config_name, args.config_dir)), end="")
         return 0
-    cfg = None if args.command in RUN_DIR_COMMANDS else compose_config(args.overrides, args.config_name,
-                                                                        args.config_dir)
+    # A sweep has no single config: `submit -m` composes each point itself.
+    multirun = getattr(args, "multirun", False)
+    cfg = None if args.command in RUN_DIR_COMMANDS or multirun else compose_config(args.overrides, args.config_name,
+                                                                                    args.config_dir)
     module_name, function_name = args.target.split(":")
     module = __import__(module_name, fromlist=[function_name])
     return getattr(module, function_name)(cfg, args) or 0

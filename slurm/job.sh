@@ -41,17 +41,19 @@ first_node_address() {
 }
 
 preflight() {
-    # One task per node: a missing GPU or an unwritable run directory stops the job here,
-    # naming the node, instead of as a rendezvous timeout minutes later.
+    # One task per node: a missing GPU, interpreter (a venv not on the shared filesystem) or an
+    # unwritable run directory stops the job here, naming the node, instead of as a rendezvous
+    # timeout minutes later.
     local check='
         node=${SLURMD_NODENAME:-$(hostname -s)}
+        command -v "$3" >/dev/null 2>&1 || { echo "preflight: $node: no interpreter $3" >&2; exit 1; }
         if (( $2 > 0 )); then
             found=$(nvidia-smi -L 2>/dev/null | grep -c "^GPU")
             (( found >= $2 )) || { echo "preflight: $node: $found GPUs visible, $2 needed" >&2; exit 1; }
         fi
         probe="$1/slurm/.preflight-$node-$SLURM_JOB_ID"
         { touch "$probe" && rm -f "$probe"; } 2>/dev/null || { echo "preflight: $node: cannot write to $1" >&2; exit 1; }'
-    srun --ntasks-per-node=1 --kill-on-bad-exit=1 bash -c "$check" preflight "$RUN_DIR" "$GPUS_PER_NODE"
+    srun --ntasks-per-node=1 --kill-on-bad-exit=1 bash -c "$check" preflight "$RUN_DIR" "$GPUS_PER_NODE" "$PYTHON"
 }
 
 start_step() {

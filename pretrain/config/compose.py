@@ -69,4 +69,6 @@ def _first_line(error: Exception) -> str:
     # OmegaConf appends multi-line context (object type, reference type); the user needs the
     # sentence that names the problem.
     text = str(_root_cause(error)).strip() or type(error).__name__
+    if text.startswith("Ambiguous value"):  # a comma list: Hydra's advice is on the lines cut off
+        return text.splitlines()[0] + " (a list: key=[a,b]; a string: key='a,b'; a sweep: pretrain submit -m)"
     return text.splitlines()[0]

@@ -5,15 +5,30 @@ from pathlib import Path
 
 from pretrain.config import Config, ConfigError, compose_config, compose_dict
 from pretrain.launch import slurm
-from pretrain.launch.status import format_table, run_row, user_runs
+from pretrain.launch.status import format_table, run_row, sweep_table, user_runs
 from pretrain.launch.submit import JOB_CONFIG, Job, log_path, prepare, submissions
 from pretrain.launch.submit import submit as submit_job
+from pretrain.launch.sweep import is_sweep, prepare_sweep, write_sweep
 
 
-def submit(cfg: Config, args) -> int:
-    """Render the run's sbatch script and submit it (or print it, with --dry-run)."""
+def submit(cfg: Config | None, args) -> int:
+    """Render the run's sbatch script and submit it (or print it, with --dry-run); -m: one job per point."""
+    if args.multirun:
+        return submit_sweep(args)
     job = prepare(cfg, compose_dict(args.overrides, args.config_name, args.config_dir))
     return _submit_or_print(job, args)
+
+
+def submit_sweep(args) -> int:
+    sweep_dir, points, jobs = prepare_sweep(args.overrides, args.config_name, args.config_dir)
+    if not args.dry_run:
+        write_sweep(sweep_dir, args.overrides, points, jobs)  # first: a failed sbatch leaves a readable sweep
+    for index, (point, job) in enumerate(zip(points, jobs)):
+        print(f"# ==== point {index}: {' '.join(f'{k}={v}' for k, v in point.params.items())} ====")
+        _submit_or_print(job, args)
+    if not args.dry_run:
+        print(f"sweep of {len(jobs)} points: {sweep_dir}; `pretrain status {sweep_dir}` shows them")
+    return 0
 
 
 def resume(cfg: None, args) -> int:
@@ -31,6 +46,9 @@ def resume(cfg: None, args) -> int:
 
 def status(cfg: None, args) -> int:
     """A table of the run (or, with no RUN_DIR, of the user's runs in the queue)."""
+    if args.run_dir and is_sweep(Path(args.run_dir)):
+        print(sweep_table(Path(args.run_dir).resolve()))
+        return 0
     runs = [_run_dir(args)] if args.run_dir else user_runs()
     if not runs:
         print("no runs of yours in the queue")
@@ -72,6 +90,8 @@ def _run_dir(args) -> Path:
     if not args.run_dir:
         raise ConfigError("RUN_DIR", "missing: name the run directory")
     run_dir = Path(args.run_dir).resolve()
+    if is_sweep(run_dir):
+        raise ConfigError("RUN_DIR", f"{run_dir} is a sweep: name one of its points, e.g. {run_dir / '0'}")
     if not (run_dir / "slurm" / f"{JOB_CONFIG}.yaml").is_file():
         raise ConfigError("RUN_DIR", f"{run_dir} has no slurm/{JOB_CONFIG}.yaml: "
                                      "not a run started by `pretrain submit`")

@@ -1,4 +1,5 @@
-"""`pretrain status`: one compact row per run, from Slurm and from the run directory's files."""
+"""`pretrain status`: one compact row per run, from Slurm and from the run directory's files;
+for a sweep, one row per point with its swept values and final validation loss."""
 
 from pathlib import Path
 
@@ -6,9 +7,11 @@ from omegaconf import OmegaConf
 
 from pretrain.launch import slurm
 from pretrain.launch.submit import JOB_CONFIG, submissions
+from pretrain.launch.sweep import read_sweep
 from pretrain.monitor.metrics import read_metrics
 
 COLUMNS = ("RUN", "JOB", "STATE", "NODES", "RESTARTS", "STEP", "LOSS", "TOK/S", "ETA", "CHECKPOINT")
+SWEEP_COLUMNS = ("POINT", "JOB", "STATE", "STEP", "VALID_LOSS")
 
 
 def run_row(run_dir: Path) -> dict[str, str]:
@@ -55,8 +58,29 @@ def user_runs() -> list[Path]:
     return runs
 
 
-def format_table(rows: list[dict[str, str]]) -> str:
-    widths = {c: max(len(c), *(len(r.get(c, "")) for r in rows)) for c in COLUMNS}
-    lines = ["  ".join(c.ljust(widths[c]) for c in COLUMNS)]
-    lines += ["  ".join(r.get(c, "").ljust(widths[c]) for c in COLUMNS) for r in rows]
+def sweep_table(sweep_dir: Path) -> str:
+    """One row per point: its swept values, job state, last step and final validation loss."""
+    points = read_sweep(sweep_dir)["points"]
+    keys = list(dict.fromkeys(key for point in points for key in point["params"]))
+    rows = [{**point["params"], **point_row(sweep_dir / point["run_dir"]), "POINT": str(point["index"])}
+            for point in points]
+    columns = ("POINT", *keys, *SWEEP_COLUMNS[1:])
+    return f"sweep {sweep_dir}: {len(points)} points\n" + format_table(rows, columns)
+
+
+def point_row(run_dir: Path) -> dict[str, str]:
+    if not (run_dir / "slurm" / "submitted.jsonl").is_file():
+        return {"JOB": "-", "STATE": "not submitted", "STEP": "-", "VALID_LOSS": "-"}
+    job_id = submissions(run_dir)[-1]["job_id"]
+    records = read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").is_file() else []
+    steps = [r["step"] for r in records if "loss" in r]
+    valid = [r["valid_loss"] for r in records if "valid_loss" in r]
+    return {"JOB": job_id, "STATE": slurm.job_info(job_id).get("JobState", "gone"),
+            "STEP": str(steps[-1]) if steps else "-", "VALID_LOSS": f"{valid[-1]:.4f}" if valid else "-"}
+
+
+def format_table(rows: list[dict[str, str]], columns: tuple[str, ...] = COLUMNS) -> str:
+    widths = {c: max(len(c), *(len(r.get(c, "")) for r in rows)) for c in columns}
+    lines = ["  ".join(c.ljust(widths[c]) for c in columns)]
+    lines += ["  ".join(r.get(c, "").ljust(widths[c]) for c in columns) for r in rows]
     return "\n".join(line.rstrip() for line in lines)

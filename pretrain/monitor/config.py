@@ -10,6 +10,8 @@ class WandbConfig:
     enabled: bool = True
     project: str = "pretrain"
     entity: str | None = None
+    group: str | None = None
+    """W&B run group; `pretrain submit -m` puts a sweep's points in one (default: the sweep's directory name)."""
     mode: str = "offline"
     """offline, online or disabled. The WANDB_MODE environment variable wins over this."""
 

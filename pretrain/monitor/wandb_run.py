@@ -15,5 +15,5 @@ def start_run(cfg: WandbConfig, run_dir: str | Path, run_id: str | None, config:
     os.environ.setdefault("WANDB_CACHE_DIR", str(Path(run_dir) / "wandb" / ".cache"))
     os.environ.setdefault("WANDB_SILENT", "true")
     mode = os.environ.get("WANDB_MODE", cfg.mode)
-    return wandb.init(project=cfg.project, entity=cfg.entity, dir=str(run_dir), id=run_id or uuid.uuid4().hex[:12],
-                      resume="allow", mode=mode, name=name, config=config)
+    return wandb.init(project=cfg.project, entity=cfg.entity, group=cfg.group, dir=str(run_dir),
+                      id=run_id or uuid.uuid4().hex[:12], resume="allow", mode=mode, name=name, config=config)

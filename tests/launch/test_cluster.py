@@ -1,9 +1,11 @@
 """Runs through `pretrain submit` on the real 2-node test cluster (slurm/testcluster/)."""
 
+import re
 import time
 
 import pytest
-from cluster_runs import job_log, job_starts, job_state, pretrain, steps_logged, submit, wait_for_job
+from cluster_runs import CLUSTER_RUN, job_log, job_starts, job_state, pretrain, steps_logged, submit, wait_for_job
+from training_runs import valid_losses
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(300)]
 
@@ -62,3 +64,47 @@ def test_cancel_saves_then_resume_finishes(slurm_conf, data_root, tmp_path):
     assert info["JobState"] == "COMPLETED", job_log(run_dir, resumed)
     steps = steps_logged(run_dir)
     assert steps[-1] == saved + 10 and all(a < b for a, b in zip(steps, steps[1:])), steps
+
+
+def test_two_point_sweep_finishes_and_status_lists_final_valid_losses(slurm_conf, data_root, tmp_path):
+    # One node per point, so both points run at once on the 2-node cluster.
+    sweep_dir = tmp_path / "sweep"
+    out = pretrain("submit", "-m", *CLUSTER_RUN, f"data.root={data_root}", f"train.run_dir={sweep_dir}",
+                   "cluster.nodes=1", "optim.lr=1e-3,3e-3").stdout
+    job_ids = [line.split()[2] for line in out.splitlines() if line.startswith("submitted job ")]
+    assert len(job_ids) == 2, out
+    for index, job_id in enumerate(job_ids):
+        info, _ = wait_for_job(job_id, sweep_dir / str(index), timeout=180)
+        assert info["JobState"] == "COMPLETED", job_log(sweep_dir / str(index), job_id)
+    table = pretrain("status", str(sweep_dir)).stdout
+    rows = table.splitlines()[2:]
+    assert len(rows) == 2, table
+    for index, (row, lr) in enumerate(zip(rows, ("0.001", "0.003"))):
+        final = valid_losses(sweep_dir / str(index))[6]
+        assert row.split() == [str(index), lr, job_ids[index], "COMPLETED", "6", f"{final:.4f}"], table
+    print(f"\n{table}")
+
+
+def test_srun_launcher_runs_one_task_per_process(slurm_conf, data_root, tmp_path):
+    run_dir = tmp_path / "srun"
+    job_id, = submit(data_root, run_dir, "cluster.launcher=srun", "train.log_sample_ids=true")
+    info, seen = wait_for_job(job_id, run_dir, timeout=180)
+    assert info["JobState"] == "COMPLETED", job_log(run_dir, job_id)
+    assert "LAUNCHER=srun" in (run_dir / "slurm" / "job.sbatch").read_text()
+    assert steps_logged(run_dir)[-1] == 6
+    # Two ranks on the two nodes, each logging the samples it read.
+    assert len(list((run_dir / "samples").glob("rank_*.jsonl"))) == 2
+    assert job_starts(run_dir)[0]["nodes"] == "n[1-2]"
+    print(f"\nsrun launcher: submit to first step {seen['first_step']:.1f}s")
+
+
+def test_failing_preflight_ends_the_job_early_naming_the_node(slurm_conf, data_root, tmp_path):
+    # An interpreter the nodes do not have (a venv on the login node's local disk, say).
+    run_dir = tmp_path / "preflight"
+    job_id, = submit(data_root, run_dir, "cluster.python=/nonexistent/venv/bin/python")
+    info, _ = wait_for_job(job_id, run_dir, timeout=60)
+    assert info["JobState"] == "FAILED", job_log(run_dir, job_id)
+    err = (run_dir / "slurm" / f"{job_id}.err").read_text()
+    assert re.search(r"preflight: n[12]: no interpreter /nonexistent/venv/bin/python", err), err
+    assert "preflight failed" in (run_dir / "slurm" / f"{job_id}.out").read_text()
+    assert not (run_dir / "metrics.jsonl").exists()  # training never started
