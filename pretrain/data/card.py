@@ -2,13 +2,14 @@
 
 It holds what a reader of the dataset needs to trust it: sources with license and provenance,
 per stage and reason the documents and bytes dropped, dedup clusters, PII counts, and the exact
-cleaning config.
+cleaning config. `pretrain data shard` writes the same card into the dataset folder with the
+tokenizer (sha256, vocabulary) and the token counts per split added.
 """
 
 from dataclasses import asdict
 from pathlib import Path
 
-from pretrain.io import write_atomic, write_json
+from pretrain.io import read_json, write_atomic, write_json
 
 # Which stage of the pipeline each drop reason belongs to.
 STAGES = {
@@ -72,4 +73,31 @@ def markdown(content: dict) -> str:
     if near:
         lines += ["", f"Near-duplicate clusters: {near['clusters']} (sizes: {near['cluster_sizes'] or 'none'})."]
     lines += ["", f"PII replaced: {content['pii'] or 'none'}.", "", "The exact config is in card.json."]
+    return "\n".join(lines) + "\n"
+
+
+def write_dataset_card(folder: Path, cleaned_dir, tokenizer, manifest: dict) -> dict:
+    """The tokenized dataset's card.json and card.md: the cleaned corpus's card plus tokenizer and tokens."""
+    cleaned_card = Path(cleaned_dir) / "card.json"
+    content = read_json(cleaned_card) if cleaned_card.is_file() else {}
+    content["tokenizer"] = {"sha256": tokenizer.sha256, "vocab_size": tokenizer.vocab_size,
+                            "model_type": tokenizer.card.get("model_type"), "eos_id": tokenizer.eos_id}
+    content["tokens"] = {"sequence_length": manifest["sequence_length"],
+                         **{split: {key: entry[key] for key in ("documents", "samples", "tokens")}
+                            | {"shards": len(entry["shards"])}
+                            for split, entry in manifest["splits"].items()}}
+    write_json(Path(folder) / "card.json", content)
+    text = markdown(content) if "sources" in content else "# Data card: tokenized corpus\n"
+    write_atomic(Path(folder) / "card.md", text + tokens_markdown(content))
+    return content
+
+
+def tokens_markdown(content: dict) -> str:
+    tok, tokens = content["tokenizer"], content["tokens"]
+    lines = ["", f"Tokenizer: {tok['model_type'] or 'sentencepiece'}, vocabulary {tok['vocab_size']:,}, "
+                 f"sha256 `{tok['sha256']}`.", "",
+             f"| split | documents | samples of {tokens['sequence_length'] + 1} tokens | tokens | shards |",
+             "|---|---:|---:|---:|---:|"]
+    lines += [f"| {split} | {e['documents']:,} | {e['samples']:,} | {e['tokens']:,} | {e['shards']} |"
+              for split, e in tokens.items() if split != "sequence_length"]
     return "\n".join(lines) + "\n"

@@ -29,6 +29,7 @@ from pretrain.io import atomic_dir, read_json, write_json
 
 __all__ = ["clean_corpus", "cleaned_files", "read_cleaned", "normalize_text"]
 DROP_REASONS = ("too_short", "too_long", "duplicate", "not_utf8")
+WORK_FORMAT = 2  # the files a task leaves (2: with shingle hashes); older work folders are redone
 
 
 def clean_corpus(cfg: CleanConfig, out_dir: str | Path) -> dict:
@@ -55,6 +56,7 @@ def _work_dir(out_dir: Path, cfg: CleanConfig) -> Path:
     """The folder of task outputs and markers; emptied when the config changed since they were made."""
     work_dir = out_dir.parent / f".{out_dir.name}.work"
     settings = {k: v for k, v in asdict(cfg).items() if k not in ("workers", "progress", "docs_per_shard")}
+    settings["work_format"] = WORK_FORMAT
     config_file = work_dir / "config.json"
     if work_dir.exists() and (not config_file.is_file() or read_json(config_file) != settings):
         shutil.rmtree(work_dir)
@@ -113,29 +115,64 @@ class _Dedup:
 
     def __init__(self, cfg: CleanConfig):
         self.exact = ExactIndex()
-        self.near = NearDuplicateIndex(cfg.near_dedup) if cfg.uses("near_dedup") else None
+        self.shingles = _ShingleFiles()
+        self.near = NearDuplicateIndex(cfg.near_dedup, self.shingles.load) if cfg.uses("near_dedup") else None
 
     def run(self, stem: Path, shards, report: dict) -> None:
+        task = self.shingles.add(stem) if self.near else None
         signatures = np.load(f"{stem}.sig.npy") if self.near else None
         with open(f"{stem}.jsonl", "rb") as f:
             for row, line in enumerate(f):
                 record = orjson.loads(line)
-                reason = self._reason(record, signatures, row)
+                reason = self._reason(record, signatures, task, row)
                 if reason:
                     _count_drop(report, reason, 1, record["bytes_in"])
                 else:
                     _keep(report, record, shards)
 
-    def _reason(self, record: dict, signatures, row: int) -> str | None:
+    def _reason(self, record: dict, signatures, task: int, row: int) -> str | None:
         if self.exact.is_duplicate(bytes.fromhex(record["digest"])):
             return "duplicate"
-        if self.near is not None and self.near.match(signatures[row], record["id"]) is not None:
-            return "near_duplicate"
+        if self.near is not None:
+            ref = task << 32 | row
+            if self.near.match(signatures[row], self.shingles.load(ref), record["id"], ref) is not None:
+                return "near_duplicate"
         return None
 
     def finish(self, report: dict) -> None:
         if self.near is not None:
             report["near_dedup"] = self.near.cluster_report()
+
+
+class _ShingleFiles:
+    """Each task's shingle hashes on disk, read back by reference (task << 32 | row).
+
+    Memory-mapped, a few tasks open at a time: the index holds 8 bytes per kept document, not
+    its shingles; reads happen for the current document and for LSH candidates only.
+    """
+
+    OPEN = 16
+
+    def __init__(self):
+        self.stems: list[str] = []
+        self.open: dict[int, tuple] = {}
+
+    def add(self, stem: Path) -> int:
+        self.stems.append(str(stem))
+        return len(self.stems) - 1
+
+    def load(self, ref: int) -> np.ndarray:
+        hashes, ends = self._task(ref >> 32)
+        row = ref & 0xFFFFFFFF
+        return hashes[(ends[row - 1] if row else 0) : ends[row]]
+
+    def _task(self, task: int) -> tuple:
+        if task not in self.open:
+            if len(self.open) >= self.OPEN:
+                self.open.clear()
+            stem = self.stems[task]
+            self.open[task] = (np.load(f"{stem}.shingles.npy", mmap_mode="r"), np.load(f"{stem}.shingle_ends.npy"))
+        return self.open[task]
 
 
 def _keep(report: dict, record: dict, shards) -> None:

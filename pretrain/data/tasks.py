@@ -1,8 +1,10 @@
 """The parallel half of cleaning: one task's files → filtered, PII-scrubbed records, hashes and signatures.
 
-A task writes task-NNNNNN.jsonl (kept records) and task-NNNNNN.sig.npy (MinHash signatures) into the
-work folder, then task-NNNNNN.done.json last: the completion marker, with the task's counts and the
-size and mtime of each file it read. A re-run skips tasks whose marker matches and redoes the rest.
+A task writes task-NNNNNN.jsonl (kept records), task-NNNNNN.sig.npy (MinHash signatures) and
+task-NNNNNN.shingles.npy / .shingle_ends.npy (each record's sorted shingle hashes, concatenated,
+for the exact Jaccard check of near-duplicate candidates) into the work folder, then
+task-NNNNNN.done.json last: the completion marker, with the task's counts and the size and mtime
+of each file it read. A re-run skips tasks whose marker matches and redoes the rest.
 """
 
 import os
@@ -11,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from pretrain.data.dedup import content_digest, minhash_signature
+from pretrain.data.dedup import content_digest, signature_and_shingles
 from pretrain.data.filters import filter_reason
 from pretrain.data.pii import scrub
 from pretrain.data.readers import Task, read_task
@@ -54,7 +56,7 @@ def run_task(task: Task, cfg, work_dir: Path) -> dict:
 def _run_task(task: Task, cfg, work_dir: Path) -> dict:
     stats = {"index": task.index, "documents": 0, "bytes_in": 0, "dropped": {}, "per_input": {},
              "unreadable_files": [], "empty_files": [], "records": 0}
-    signatures = []
+    signatures, hashes = [], []
     stem = task_stem(work_dir, task)
     with open(f"{stem}.jsonl", "wb") as out:
         for name, doc in read_task(task, cfg):
@@ -64,11 +66,15 @@ def _run_task(task: Task, cfg, work_dir: Path) -> dict:
                 _drop(stats, record, doc.nbytes)
                 continue
             if cfg.uses("near_dedup"):
-                signatures.append(minhash_signature(record.pop("signature_text"), cfg.near_dedup))
+                signature, shingle_hashes = signature_and_shingles(record.pop("signature_text"), cfg.near_dedup)
+                signatures.append(signature)
+                hashes.append(shingle_hashes)
             out.write(orjson.dumps(record) + b"\n")
             stats["records"] += 1
     num_perm = cfg.near_dedup.num_perm
     np.save(f"{stem}.sig.npy", np.array(signatures, dtype=np.uint32).reshape(len(signatures), num_perm))
+    np.save(f"{stem}.shingles.npy", np.concatenate(hashes) if hashes else np.zeros(0, dtype=np.uint32))
+    np.save(f"{stem}.shingle_ends.npy", np.cumsum([len(h) for h in hashes], dtype=np.int64))
     stats["empty_files"] = [n for n in task.files if task.folder is None and os.stat(n).st_size == 0]
     stats["files"] = file_stamps(task)
     write_json(f"{stem}.done.json", stats)

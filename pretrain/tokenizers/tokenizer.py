@@ -52,6 +52,10 @@ class Tokenizer:
             raise TypeError("Tokenizer.encode takes a list of strings")
         return self.processor.encode(list(texts), out_type=int, num_threads=self.num_threads)
 
+    def encode_arrays(self, texts: list[str]) -> list:
+        """Token ids of each text as int32 numpy arrays: no Python int per token."""
+        return self.processor.encode(list(texts), out_type="numpy", num_threads=self.num_threads)
+
     def decode(self, ids) -> str:
         """The text of one sequence of ids (a list, numpy array or tensor)."""
         ids = ids.tolist() if hasattr(ids, "tolist") else [int(i) for i in ids]

@@ -13,7 +13,7 @@ from pretrain.data.clean import clean_corpus, read_cleaned
 from pretrain.data.config import CleanConfig, ShardConfig
 from pretrain.data.loader import ShardedSamples
 from pretrain.data.manifest import load_manifest, verify_shards
-from pretrain.data.shard import write_shards
+from pretrain.data.shard import _Headers, _tar_header, write_shards
 from pretrain.errors import ConfigError
 from pretrain.io import sha256_file
 from pretrain.tokenizers.tokenizer import Tokenizer
@@ -100,6 +100,27 @@ def test_sharding_is_deterministic(dataset_dir, cleaned_dir, tokenizer_dir, shar
     assert again == load_manifest(dataset_dir)
 
 
+def test_worker_processes_write_the_same_bytes(cleaned_dir, tokenizer_dir, shard_cfg, dataset_dir, tmp_path):
+    cfg = ShardConfig(**{**shard_cfg.__dict__, "workers": 2})
+    assert write_shards(cfg, cleaned_dir, tokenizer_dir, tmp_path / "two") == load_manifest(dataset_dir)
+    assert [p.name for p in (tmp_path / "two").iterdir() if p.name.startswith(".")] == []
+
+
+def test_dataset_card_has_tokenizer_and_token_counts(dataset_dir, tokenizer_dir, cleaned_dir):
+    card = json.loads((dataset_dir / "card.json").read_text())
+    manifest = load_manifest(dataset_dir)
+    tokenizer = Tokenizer(tokenizer_dir)
+    assert card["tokenizer"]["sha256"] == tokenizer.sha256
+    assert card["tokenizer"]["vocab_size"] == tokenizer.vocab_size
+    for split in ("train", "valid"):
+        assert card["tokens"][split]["tokens"] == manifest["splits"][split]["tokens"]
+        assert card["tokens"][split]["documents"] == manifest["splits"][split]["documents"]
+    # The cleaning half of the card comes along: sources, drops, the exact config.
+    assert card["documents"] == json.loads((cleaned_dir / "card.json").read_text())["documents"]
+    text = (dataset_dir / "card.md").read_text()
+    assert tokenizer.sha256 in text and f"{manifest['splits']['train']['tokens']:,}" in text
+
+
 def test_tiny_corpus_still_gets_a_valid_sample(tokenizer_dir, tmp_path):
     texts = [f"document {i}: " + "some words and code(x) " * (5 + i) for i in range(6)]
     raw = tmp_path / "raw.jsonl"
@@ -115,7 +136,7 @@ def test_tiny_corpus_still_gets_a_valid_sample(tokenizer_dir, tmp_path):
 
 
 def test_no_valid_split_when_fraction_is_zero(cleaned_dir, tokenizer_dir, tmp_path):
-    cfg = ShardConfig(sequence_length=SEQ, samples_per_shard=100_000, valid_fraction=0.0)
+    cfg = ShardConfig(sequence_length=SEQ, samples_per_shard=100_000, valid_fraction=0.0, workers=1)
     manifest = write_shards(cfg, cleaned_dir, tokenizer_dir, tmp_path / "dataset")
     assert manifest["splits"]["valid"] == {"samples": 0, "tokens": 0, "documents": 0, "shards": []}
     assert len(manifest["splits"]["train"]["shards"]) == 1
@@ -142,3 +163,9 @@ def test_npy_payload_loads_without_pickle(dataset_dir):
     sample = next(iter(wds.WebDataset(str(dataset_dir / "valid" / "shard-000000.tar"), shardshuffle=False)))
     array = np.load(io.BytesIO(sample["tokens.npy"]), allow_pickle=False)
     np.testing.assert_array_equal(array, samples[0])
+
+
+def test_templated_tar_headers_equal_tarfile_headers():
+    headers = _Headers("train-", ".tokens.npy", 1156)
+    for index in (0, 1, 7, 123_456_789, 999_999_999, 10**9):
+        assert headers(index) == _tar_header(f"train-{index:09d}.tokens.npy", 1156), index
