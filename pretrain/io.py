@@ -51,12 +51,12 @@ def write_atomic(path: str | Path, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_path(path.parent)  # the rename itself is only durable once the directory entry is flushed
 
 
-def _fsync_dir(directory: Path) -> None:
-    # The rename itself is only durable once the directory entry is flushed.
-    fd = os.open(directory, os.O_RDONLY)
+def fsync_path(path: str | Path) -> None:
+    """Flush a file's (or a directory's entries') data to the disk."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:

@@ -4,12 +4,11 @@ Ranks share the work: each one fsyncs and hashes every world_size-th file (sorte
 so a checkpoint of many shards is sealed in parallel, as it was written.
 """
 
-import os
 from pathlib import Path
 
 import torch.distributed as dist
 
-from pretrain.io import sha256_file, write_json
+from pretrain.io import fsync_path, sha256_file, write_json
 
 MANIFEST = "manifest.json"
 
@@ -46,9 +45,5 @@ def verify(directory: Path, manifest: dict, how: str) -> str | None:
 
 
 def _durable_entry(path: Path) -> dict:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(path)
     return {"size": path.stat().st_size, "sha256": sha256_file(path)}
