@@ -5,9 +5,9 @@ file names or order), packing documents into fixed-length samples and the manife
 Each sample is `{split}-{index:09d}.tokens.npy`: int32, sequence_length + 1 tokens
 (inputs = s[:-1], targets = s[1:]); documents are joined with eos and cut without padding.
 
-Two passes. Tokenizing (the cost: SentencePiece's batch encode into numpy arrays) runs per
-cleaned file, in a process pool when there is more than one core, each file's tokens going to a
-scratch .npy. Packing then reads those in file order in this process, so the shards are
+Two passes. Tokenizing (the cost: SentencePiece's encode, through a cache of word-like
+segments that gives the same ids, see pretrain/tokenizers/segments.py) runs per cleaned file,
+in a process pool when there is more than one core, each file's tokens going to a scratch .npy. Packing then reads those in file order in this process, so the shards are
 byte-identical for any number of workers. Packing is numpy over whole files (eos inserted and
 splits separated by index arrays) and tar members are written by hand, with no Python work per token.
 """
@@ -30,6 +30,7 @@ from pretrain.data.config import ShardConfig
 from pretrain.data.manifest import MANIFEST_FORMAT
 from pretrain.errors import ConfigError
 from pretrain.io import atomic_dir, write_json
+from pretrain.tokenizers.segments import SegmentEncoder
 from pretrain.tokenizers.tokenizer import Tokenizer
 
 SPLITS = ("train", "valid")
@@ -89,7 +90,7 @@ def _count_lines(path) -> int:
         return sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 20), b""))
 
 
-_TOKENIZERS: dict[str, Tokenizer] = {}
+_ENCODERS: dict[str, SegmentEncoder] = {}
 
 
 def tokenize_chunk(job: tuple) -> dict:
@@ -98,15 +99,17 @@ def tokenize_chunk(job: tuple) -> dict:
     Returns the token file, the length and the split key of each document.
     """
     path, start, stop, tokenizer_dir, token_path = job
-    if tokenizer_dir not in _TOKENIZERS:
-        # One thread: parallelism comes from processes, one per core.
-        _TOKENIZERS[tokenizer_dir] = Tokenizer(tokenizer_dir, num_threads=1)
-    tokenizer = _TOKENIZERS[tokenizer_dir]
+    if tokenizer_dir not in _ENCODERS:
+        # One per process, kept across chunks so its segment cache warms up; one thread:
+        # parallelism comes from processes, one per core.
+        tokenizer = Tokenizer(tokenizer_dir)
+        _ENCODERS[tokenizer_dir] = SegmentEncoder(tokenizer.processor, tokenizer.card.get("model_type", ""))
+    encoder = _ENCODERS[tokenizer_dir]
     with open(path, "rb") as f:
         texts = [orjson.loads(line)["text"] for line in itertools.islice(f, start, stop)]
     arrays = []
     for first in range(0, len(texts), ENCODE_BATCH):
-        arrays += tokenizer.encode_arrays(texts[first : first + ENCODE_BATCH])
+        arrays += encoder.encode_arrays(texts[first : first + ENCODE_BATCH])
     tokens = np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.int32)
     np.save(token_path, tokens.astype(np.int32, copy=False))
     lengths = np.array([len(ids) for ids in arrays], dtype=np.int64)
