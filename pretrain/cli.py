@@ -24,9 +24,10 @@ COMMANDS = {
     ("resume",): ("pretrain.launch.commands:resume", "Submit a stopped run again from its saved config."),
     ("status",): ("pretrain.launch.commands:status", "Job state, restarts, last step, loss and checkpoint of runs."),
     ("cancel",): ("pretrain.launch.commands:cancel", "Ask a run's job to save a checkpoint, then cancel it."),
+    ("report",): ("pretrain.monitor.report:report", "Plots and a markdown summary of a run from its metrics.jsonl."),
 }
 # These take a run directory and compose its saved config (or none) instead of configs/.
-RUN_DIR_COMMANDS = {"resume", "status", "cancel"}
+RUN_DIR_COMMANDS = {"resume", "status", "cancel", "report"}
 
 OVERRIDES_HELP = (
     "Hydra overrides, e.g. model=llama_125m optim.lr=3e-4 train.run_dir=runs/x. "

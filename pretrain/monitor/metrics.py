@@ -37,11 +37,27 @@ def read_metrics(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
+# Kept in metrics.jsonl and W&B, left off the terminal line to keep it to one glance.
+QUIET = ("tokens_per_second_per_gpu", "consumed_samples", "consumed_tokens", "time_", "memory_")
+
+
 def format_record(record: dict) -> str:
-    """One stdout line for a metrics record."""
+    """One compact stdout line for a metrics record."""
     parts = [f"step {record['step']}"]
     for key, value in record.items():
-        if key == "step":
+        if key in ("step", "eta_seconds") or key.startswith(QUIET) or (key == "skipped_steps" and not value):
             continue
         parts.append(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}")
+    if "eta_seconds" in record:
+        parts.append(f"eta {format_duration(record['eta_seconds'])}")
     return " | ".join(parts)
+
+
+def format_duration(seconds: float) -> str:
+    """3h05m, 12m30s or 45s."""
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"

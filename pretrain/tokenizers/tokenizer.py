@@ -3,6 +3,7 @@
 import hashlib
 from pathlib import Path
 
+import numpy as np
 import sentencepiece as spm
 
 from pretrain.errors import ConfigError
@@ -55,6 +56,19 @@ class Tokenizer:
     def encode_arrays(self, texts: list[str]) -> list:
         """Token ids of each text as int32 numpy arrays: no Python int per token."""
         return self.processor.encode(list(texts), out_type="numpy", num_threads=self.num_threads)
+
+    def token_bytes(self) -> np.ndarray:
+        """UTF-8 bytes of each id's text (int64, one per id): a byte-fallback piece is one byte,
+        a control id (bos, eos, pad) none; a piece's ▁ is a space. Decoding is lossless, so the
+        bytes of a sequence's text are the sum over its ids (bits per byte needs them)."""
+        processor = self.processor
+        sizes = np.zeros(processor.get_piece_size(), dtype=np.int64)
+        for i in range(len(sizes)):
+            if processor.is_byte(i):
+                sizes[i] = 1
+            elif not (processor.is_control(i) or processor.is_unknown(i)):
+                sizes[i] = len(processor.id_to_piece(i).replace("\u2581", " ").encode("utf-8"))
+        return sizes
 
     def decode(self, ids) -> str:
         """The text of one sequence of ids (a list, numpy array or tensor)."""

@@ -14,6 +14,7 @@ import torch
 
 from pretrain import exit_codes
 from pretrain.checkpoint import store
+from pretrain.io import write_atomic
 from pretrain.monitor.metrics import MetricsFile, format_record
 
 
@@ -31,6 +32,9 @@ class Callback:
     def on_rollback(self, trainer) -> None:
         """The trainer went back to an earlier checkpoint; `trainer.step` is its step."""
 
+    def on_alert(self, trainer, title: str, text: str) -> None:
+        """Something people should look at (a straggler, say), already printed by rank 0."""
+
     def state_dict(self) -> dict:
         return {}
 
@@ -38,41 +42,86 @@ class Callback:
 
 
 class StepMetrics(Callback):
-    """Averages loss and throughput over each log interval and logs them."""
+    """Averages loss, throughput and the step-time split over each log interval and logs them."""
 
     name = "step_metrics"
+    TIMES = ("time_data", "time_forward", "time_backward", "time_optimizer")
 
-    def __init__(self, log_interval: int, tokens_per_step: int):
+    def __init__(self, log_interval: int, tokens_per_step: int, seq_length: int, world_size: int):
         self.log_interval = log_interval
         self.tokens_per_step = tokens_per_step
+        self.seq_length = seq_length
+        self.world_size = world_size
         self._reset()
 
     def _reset(self):
         self.losses, self.seconds = [], 0.0
+        self.times = dict.fromkeys(self.TIMES, 0.0)
 
     def on_step_end(self, trainer, metrics):
         self.losses.append(metrics["loss"])
         self.seconds += metrics["step_time"]
+        for key in self.TIMES:
+            self.times[key] += metrics[key]
         if trainer.step % self.log_interval == 0 or trainer.step == trainer.train_steps:
-            trainer.log({
-                "step": trainer.step,
-                "loss": sum(self.losses) / len(self.losses),
-                "lr": metrics["lr"],
-                "grad_norm": metrics["grad_norm"],
-                "tokens_per_second": self.tokens_per_step * len(self.losses) / self.seconds,
-                "consumed_samples": trainer.batches.consumed_samples,
-            })
+            trainer.log(self._record(trainer, metrics))
             self._reset()
+
+    def _record(self, trainer, metrics) -> dict:
+        steps = len(self.losses)
+        tokens_per_second = self.tokens_per_step * steps / self.seconds
+        checkpoint, trainer.checkpoint_seconds = trainer.checkpoint_seconds, 0.0
+        consumed = trainer.batches.consumed_samples
+        return {
+            "step": trainer.step,
+            "loss": sum(self.losses) / steps,
+            "lr": metrics["lr"],
+            "grad_norm": metrics["grad_norm"],
+            "tokens_per_second": tokens_per_second,
+            "tokens_per_second_per_gpu": tokens_per_second / self.world_size,
+            **_precision_state(trainer.engine),
+            "consumed_samples": consumed,
+            "consumed_tokens": consumed * self.seq_length,
+            # Seconds per step, this rank's (rank 0's in the log); checkpoint: saves since the last log.
+            "time_data": self.times["time_data"] / steps,
+            "time_forward_backward": (self.times["time_forward"] + self.times["time_backward"]) / steps,
+            "time_optimizer": self.times["time_optimizer"] / steps,
+            "time_checkpoint": checkpoint / steps,
+            **_memory(),
+            "eta_seconds": (trainer.train_steps - trainer.step) * self.seconds / steps,
+        }
+
+
+def _precision_state(engine) -> dict:
+    """Steps the engine skipped (non-finite gradients) and, with fp16, the dynamic loss scale."""
+    state = {"skipped_steps": int(getattr(engine, "skipped_steps", 0))}
+    scale = getattr(engine.optimizer, "cur_scale", None) if engine.fp16_enabled() else None
+    if scale is not None:
+        state["loss_scale"] = float(scale)
+    return state
+
+
+def _memory() -> dict:
+    """Peak and reserved accelerator memory in GiB; on a CPU host the process's peak RSS."""
+    if torch.cuda.is_available():
+        return {"memory_max_allocated_gb": torch.cuda.max_memory_allocated() / 2**30,
+                "memory_reserved_gb": torch.cuda.memory_reserved() / 2**30}
+    import resource
+
+    return {"memory_max_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
 
 class Evaluation(Callback):
-    """Validation loss on held-out shards: at the start, every `interval` steps and at the end."""
+    """Evaluations at the start, every `interval` steps and at the end: validation loss and bits
+    per byte on held-out shards, then each extra evaluator's numbers (see pretrain.monitor.evaluators)."""
 
     name = "evaluation"
 
-    def __init__(self, interval: int, valid_batches: list[dict]):
+    def __init__(self, interval: int, valid_batches: list[dict], token_bytes=None, evaluators=()):
         self.interval = interval
         self.valid_batches = valid_batches
+        self.token_bytes = token_bytes
+        self.evaluators = list(evaluators)
 
     def on_train_start(self, trainer):
         if self.interval and trainer.step == 0:
@@ -83,7 +132,29 @@ class Evaluation(Callback):
             self._evaluate(trainer)
 
     def _evaluate(self, trainer):
-        trainer.log({"step": trainer.step, "valid_loss": trainer.evaluate(self.valid_batches)})
+        record = {"step": trainer.step, **trainer.evaluate(self.valid_batches, self.token_bytes)}
+        for evaluator in self.evaluators:
+            record.update({f"{evaluator.name}/{key}": value for key, value in evaluator.evaluate(trainer).items()})
+        trainer.log(record)
+
+
+class Restarts(Callback):
+    """Records every start from a checkpoint (requeue, resume, crash) and logs the count.
+
+    The history is run_dir/restarts.jsonl, appended to and never trimmed: unlike the metrics
+    log, it keeps a restart that crashed again before its first checkpoint.
+    """
+
+    name = "restarts"
+
+    def on_train_start(self, trainer):
+        if trainer.step == 0 or not trainer.is_rank0:
+            return
+        history = MetricsFile(trainer.run_dir / "restarts.jsonl")
+        history.append({"step": trainer.step, "time": time.time(), "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+                        "slurm_restart_count": os.environ.get("SLURM_RESTART_COUNT")})
+        restarts = len(history.path.read_text().splitlines())
+        trainer.log({"step": trainer.step, "restarts": restarts})
 
 
 class Checkpointing(Callback):
@@ -106,7 +177,9 @@ class Checkpointing(Callback):
                 path = store.save(trainer.engine, trainer.run_dir, trainer.step, state, self.retention)
             except (OSError, RuntimeError) as error:  # torch.save reports a full disk as RuntimeError
                 _exit_on_storage_error(trainer, error)
-            trainer.print(f"saved checkpoint {path} in {time.perf_counter() - started:.1f}s")
+            seconds = time.perf_counter() - started
+            trainer.checkpoint_seconds += seconds
+            trainer.print(f"saved checkpoint {path} in {seconds:.1f}s")
 
 
 def _exit_on_storage_error(trainer, error: Exception) -> None:
@@ -171,7 +244,13 @@ class SampleLog(Callback):
 
 
 class Wandb(Callback):
-    """Rank 0 mirrors records to W&B; the run id is kept in checkpoints so restarts resume it."""
+    """Rank 0 mirrors records to W&B; the run id is kept in checkpoints so restarts resume it.
+
+    A restart replays the steps between its checkpoint and the crash. W&B keeps the values it
+    already has for those (metrics.jsonl has the replayed ones): the highest step sent is kept
+    in run_dir/wandb/last_step, outside checkpoints, and records up to it are not sent again, so
+    W&B's history never repeats or rewinds a step.
+    """
 
     name = "wandb"
 
@@ -179,15 +258,27 @@ class Wandb(Callback):
         self.start_run = start_run
         self.run_id = None
         self.run = None
+        self.sent_before = -1
+        self.last_step = -1
 
     def on_train_start(self, trainer):
         if trainer.is_rank0:
             self.run = self.start_run(self.run_id)
             self.run_id = self.run.id
+            self.marker = trainer.run_dir / "wandb" / "last_step"
+            self.sent_before = int(self.marker.read_text()) if self.marker.is_file() else -1
 
     def on_log(self, trainer, record):
+        if self.run is None or record["step"] <= self.sent_before:
+            return
+        self.run.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
+        if record["step"] > self.last_step:
+            self.last_step = record["step"]
+            write_atomic(self.marker, str(self.last_step))
+
+    def on_alert(self, trainer, title, text):
         if self.run is not None:
-            self.run.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
+            self.run.alert(title=title, text=text)
 
     def on_train_end(self, trainer):
         if self.run is not None:

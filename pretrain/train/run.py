@@ -11,7 +11,9 @@ from pretrain.config import Config
 from pretrain.data.loader import ShardedSamples, TrainBatches, valid_batches
 from pretrain.io import write_atomic
 from pretrain.model.gpt import build_model, padded_vocab_size
+from pretrain.monitor.evaluators import load_evaluators
 from pretrain.monitor.metrics import MetricsFile
+from pretrain.monitor.stragglers import StragglerDetector
 from pretrain.monitor.wandb_run import start_run
 from pretrain.parallel.layout import ParallelLayout, destroy_distributed, init_distributed
 from pretrain.tokenizers.tokenizer import Tokenizer
@@ -27,6 +29,8 @@ INJECT_NONFINITE = "PRETRAIN_INJECT_NONFINITE_STEPS"
 """Fault injection for tests: comma-separated steps whose loss is made NaN."""
 INJECT_HANG = "PRETRAIN_INJECT_HANG"
 """Fault injection for tests: "RANK:STEP", that rank stops responding before that step."""
+INJECT_SLOW = "PRETRAIN_INJECT_SLOW"
+"""Fault injection for tests: "RANK:SECONDS", that rank sleeps this long after each forward."""
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -56,6 +60,7 @@ def build_trainer(cfg: Config, config_dict: dict, layout: ParallelLayout, tokeni
                       str(run_dir), cfg.train.train_steps, cfg.model.seq_length, engine.device)
     trainer.inject_nonfinite_steps = {int(s) for s in os.environ.get(INJECT_NONFINITE, "").split(",") if s}
     trainer.inject_hang = _injected_hang(layout.rank)
+    trainer.inject_forward_delay = _injected_delay(layout.rank)
     resume(trainer, run_dir, cfg.train.checkpoint.verify)
     return trainer
 
@@ -81,12 +86,18 @@ def build_callbacks(cfg: Config, config_dict, layout: ParallelLayout, tokenizer:
                                                            name=Path(train.run_dir).name)))
     if train.log_sample_ids:
         callbacks.append(cb.SampleLog(train.run_dir, layout.rank))
-    callbacks.append(cb.StepMetrics(train.log_interval, train.global_batch_size * cfg.model.seq_length))
+    callbacks.append(cb.Restarts())
+    callbacks.append(cb.StepMetrics(train.log_interval, train.global_batch_size * cfg.model.seq_length,
+                                    cfg.model.seq_length, layout.world_size))
+    if cfg.logging.stragglers.interval:
+        callbacks.append(StragglerDetector(cfg.logging.stragglers))
     callbacks.append(NonFiniteGuard(train.guard))  # before Checkpointing: a bad step is not saved
     if train.eval_interval:
         valid = valid_batches(ShardedSamples(cfg.data.dataset_dir, "valid"), train.eval_samples,
                               train.micro_batch_size, layout.data_parallel_rank, layout.data_parallel_size)
-        callbacks.append(cb.Evaluation(train.eval_interval, valid))
+        evaluators = load_evaluators(cfg.logging.evaluators, cfg, tokenizer)
+        callbacks.append(cb.Evaluation(train.eval_interval, valid, torch.from_numpy(tokenizer.token_bytes()),
+                                       evaluators))
     if train.step_timeout:
         callbacks.append(StepWatchdog(train.step_timeout))
     callbacks += [StopOnSignal(), cb.Checkpointing(train.save_interval, train.checkpoint, config),
@@ -112,3 +123,12 @@ def _injected_hang(rank: int) -> int | None:
         return None
     hang_rank, step = (int(x) for x in target.split(":"))
     return step if hang_rank == rank else None
+
+
+def _injected_delay(rank: int) -> float:
+    """Seconds this rank is to sleep after each forward, when a test makes it a straggler."""
+    target = os.environ.get(INJECT_SLOW)
+    if not target:
+        return 0.0
+    slow_rank, seconds = target.split(":")
+    return float(seconds) if int(slow_rank) == rank else 0.0

@@ -1,5 +1,6 @@
 """The training loop. It runs steps; callbacks do everything else."""
 
+import math
 import threading
 import time
 from pathlib import Path
@@ -33,6 +34,10 @@ class Trainer:
         """Fault injection for tests: these steps' losses are made NaN before backward."""
         self.inject_hang: int | None = None
         """Fault injection for tests: this rank stops responding before this step."""
+        self.inject_forward_delay = 0.0
+        """Fault injection for tests: seconds this rank sleeps after each forward (a slow GPU)."""
+        self.checkpoint_seconds = 0.0
+        """Time spent saving checkpoints since the last metrics log (the checkpoint callback adds to it)."""
         self.on_progress = None
         """Called with (step, micro_batch) as a step advances: -1 when it starts, then after each backward."""
 
@@ -93,7 +98,11 @@ class Trainer:
         return self.step >= self.train_steps
 
     def train_step(self) -> dict:
-        """One optimizer step: every micro-batch of this rank's share of the global batch."""
+        """One optimizer step: every micro-batch of this rank's share of the global batch.
+
+        Also times its parts on this rank: data wait, forward (no data-parallel collective in
+        it, so a slow rank shows there), backward, and the optimizer step.
+        """
         started = time.perf_counter()
         if self.step + 1 == self.inject_hang:
             threading.Event().wait()  # a rank that stops responding, as a wedged GPU or a dead node does
@@ -102,19 +111,30 @@ class Trainer:
         lr = self.engine.get_lr()[0]
         losses, sample_ids = [], []
         micro_batches = self.batches.next_global_batch()
+        times = {"time_data": time.perf_counter() - started, "time_forward": 0.0, "time_backward": 0.0}
         for index, micro_batch in enumerate(micro_batches):
+            last = index == len(micro_batches) - 1
+            mark = time.perf_counter()
             kill_point("forward", self.step + 1)
             loss = language_model_loss(self.engine, micro_batch["tokens"].to(self.device))
             if self.step + 1 in self.inject_nonfinite_steps:
                 loss = loss * float("nan")  # once: a rolled-back run meets new data at this step
+            time.sleep(self.inject_forward_delay)
+            times["time_forward"] += _synchronized_since(mark)
+            mark = time.perf_counter()
             kill_point("backward", self.step + 1)
             self.engine.backward(loss)
             self._progress(index)
-            if index == len(micro_batches) - 1:
+            if last:
                 kill_point("optimizer", self.step + 1)
+                times["time_backward"] += _synchronized_since(mark)
+                mark = time.perf_counter()
             self.engine.step()  # DeepSpeed steps the optimizer only at the accumulation boundary
+            if not last:
+                times["time_backward"] += time.perf_counter() - mark
             losses.append(loss.detach().float())
             sample_ids += micro_batch["sample_ids"].tolist()
+        times["time_optimizer"] = _synchronized_since(mark)
         self.inject_nonfinite_steps.discard(self.step + 1)
         return {
             "sample_ids": sample_ids,
@@ -122,23 +142,43 @@ class Trainer:
             "lr": lr,
             "grad_norm": _as_float(self.engine.get_global_grad_norm()),
             "step_time": time.perf_counter() - started,
+            **times,
         }
 
     @torch.no_grad()
-    def evaluate(self, micro_batches: list[dict]) -> float:
-        """Mean validation loss per sample over every data-parallel rank's micro-batches."""
+    def evaluate(self, micro_batches: list[dict], token_bytes: torch.Tensor | None = None) -> dict:
+        """Validation loss (mean per sample) over every data-parallel rank's micro-batches, and
+        bits per byte when `token_bytes` (UTF-8 bytes of each token id's text) is given.
+
+        Bits per byte = summed next-token loss in nats / ln 2 / bytes of the predicted tokens'
+        text: it does not depend on the tokenizer, so runs with different vocabularies compare.
+        """
         self.engine.eval()
-        total = torch.zeros(2, dtype=torch.float64)  # [sum of per-sample mean losses, samples]
+        # [sum of per-sample mean losses, samples, summed token losses (nats), bytes of target text]
+        total = torch.zeros(4, dtype=torch.float64)
         for mb in micro_batches:
-            loss = language_model_loss(self.engine, mb["tokens"].to(self.device))
-            total += torch.tensor([loss.item() * len(mb["tokens"]), len(mb["tokens"])], dtype=torch.float64)
+            tokens = mb["tokens"]
+            loss = language_model_loss(self.engine, tokens.to(self.device)).item()
+            targets = tokens[:, 1:]
+            text_bytes = token_bytes[targets].sum().item() if token_bytes is not None else 0
+            total += torch.tensor([loss * len(tokens), len(tokens), loss * targets.numel(), text_bytes],
+                                  dtype=torch.float64)
         self.engine.train()
         dist.all_reduce(total, group=parallel_state.get_data_parallel_group())
-        return (total[0] / total[1]).item()
+        result = {"valid_loss": (total[0] / total[1]).item()}
+        if token_bytes is not None and total[3] > 0:
+            result["valid_bpb"] = (total[2] / math.log(2) / total[3]).item()
+        return result
 
     def log(self, record: dict) -> None:
         for callback in self.callbacks:
             callback.on_log(self, record)
+
+    def alert(self, title: str, text: str) -> None:
+        """A warning people should see: stdout (rank 0) and each callback's channel (a W&B alert)."""
+        self.print(f"warning: {title}: {text}")
+        for callback in self.callbacks:
+            callback.on_alert(self, title, text)
 
     def print(self, message: str) -> None:
         if self.is_rank0:
@@ -161,6 +201,13 @@ class Trainer:
         value = value.detach().clone()
         dist.all_reduce(value, group=parallel_state.get_data_parallel_group())
         return value.item() / parallel_state.get_data_parallel_world_size()
+
+
+def _synchronized_since(mark: float) -> float:
+    """Seconds since `mark`, after the GPU has finished what was queued (kernels run asynchronously)."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - mark
 
 
 def _as_float(value) -> float:
