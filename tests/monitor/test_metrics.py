@@ -21,6 +21,8 @@ def test_truncate_of_a_missing_file_is_a_no_op(tmp_path):
     assert not (tmp_path / "metrics.jsonl").exists()
 
 
-def test_format_record():
-    line = format_record({"step": 7, "loss": 2.345678, "consumed_samples": 112})
-    assert line == "step 7 | loss 2.346 | consumed_samples 112"
+def test_format_record_is_one_compact_line_with_an_eta():
+    record = {"step": 7, "loss": 2.345678, "consumed_samples": 112, "time_data": 0.1, "skipped_steps": 0,
+              "eta_seconds": 3725.0}
+    assert format_record(record) == "step 7 | loss 2.346 | eta 1h02m"
+    assert format_record({"step": 8, "skipped_steps": 2, "eta_seconds": 75}) == "step 8 | skipped_steps 2 | eta 1m15s"

@@ -98,6 +98,8 @@ def test_interrupted_run_resumes_exactly_and_finishes_at_the_same_step(data_root
     assert len(runs) == 1  # the restart resumed the same W&B run
     state = json.loads((run_dir / "checkpoints" / f"step_{STEPS}" / "trainer_state.json").read_text())
     assert state["callbacks"]["wandb"]["run_id"] in runs
+    steps = [r["history"]["step"]["num"] for r in history if r.get("type") == "history"]
+    assert steps == sorted(set(steps))  # the replayed steps after the restart were not sent again
     logged = {r["history"]["step"]["num"]: r["history"]["item"]["loss"]
               for r in history if r.get("type") == "history" and "loss" in r["history"]["item"]}
     assert logged[STEPS] == losses(run_dir)[STEPS]
