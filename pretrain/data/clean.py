@@ -70,7 +70,7 @@ def _task_results(tasks, cfg: CleanConfig, work_dir: Path, report: dict) -> Iter
     done = {task.index: stats for task in tasks if (stats := finished(work_dir, task)) is not None}
     pending = [task for task in tasks if task.index not in done]
     report["resumed_tasks"] = len(done)
-    progress = Progress(tasks, enabled=cfg.progress)
+    progress = Progress.for_tasks(tasks, enabled=cfg.progress)
     with _results(pending, cfg, work_dir) as results:
         for task in tasks:
             stats = done.get(task.index) or next(results)

@@ -228,6 +228,8 @@ class ShardConfig:
     workers: int = 0
     """Processes tokenizing cleaned files in parallel; 0: one per available core. The shards are
     byte-identical for any number."""
+    progress: bool = True
+    """Print a progress line (files, docs/s, MB/s, ETA) to stderr."""
 
     def __post_init__(self):
         check_positive("data.shard.sequence_length", self.sequence_length)

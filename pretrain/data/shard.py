@@ -7,8 +7,9 @@ Each sample is `{split}-{index:09d}.tokens.npy`: int32, sequence_length + 1 toke
 
 Two passes. Tokenizing (the cost: SentencePiece's encode, through a cache of word-like
 segments that gives the same ids, see pretrain/tokenizers/segments.py) runs per cleaned file,
-in a process pool when there is more than one core, each file's tokens going to a scratch .npy. Packing then reads those in file order in this process, so the shards are
-byte-identical for any number of workers. Packing is numpy over whole files (eos inserted and
+in a process pool when there is more than one core, each file's tokens going to a scratch .npy.
+Packing then reads those in file order in this process, so the shards are byte-identical for
+any number of workers. Packing is numpy over whole files (eos inserted and
 splits separated by index arrays) and tar members are written by hand, with no Python work per token.
 """
 
@@ -28,6 +29,7 @@ from pretrain.data.card import write_dataset_card
 from pretrain.data.clean import cleaned_files
 from pretrain.data.config import ShardConfig
 from pretrain.data.manifest import MANIFEST_FORMAT
+from pretrain.data.progress import Progress
 from pretrain.errors import ConfigError
 from pretrain.io import atomic_dir, write_json
 from pretrain.tokenizers.segments import SegmentEncoder
@@ -44,7 +46,7 @@ def write_shards(cfg: ShardConfig, cleaned_dir, tokenizer_dir, out_dir) -> dict:
     files = cleaned_files(cleaned_dir)
     tokenizer = Tokenizer(tokenizer_dir)
     with atomic_dir(out_dir) as tmp:
-        parts = tokenize_files(files, tokenizer_dir, tmp / ".tokens", cfg.workers)
+        parts = tokenize_files(files, tokenizer_dir, tmp / ".tokens", cfg.workers, cfg.progress)
         keys = np.concatenate([part["keys"] for part in parts])
         valid_docs = _initial_valid_docs(keys, cfg.valid_fraction)
         while True:
@@ -68,21 +70,36 @@ def worker_count(workers: int, jobs: int) -> int:
     return max(1, min(workers or available or 1, jobs))
 
 
-def tokenize_files(files, tokenizer_dir, token_dir: Path, workers: int) -> list[dict]:
+def tokenize_files(files, tokenizer_dir, token_dir: Path, workers: int, progress: bool = True) -> list[dict]:
     """Tokenize the cleaned files, in chunks of CHUNK_DOCS documents, into token_dir.
 
     Returns per chunk, in input order, its token file, document lengths and split keys.
     """
     token_dir.mkdir()
-    chunks = [(str(path), start) for path in files for start in range(0, _count_lines(path), CHUNK_DOCS)]
-    jobs = [(path, start, start + CHUNK_DOCS, str(tokenizer_dir), str(token_dir / f"{n:06d}.npy"))
-            for n, (path, start) in enumerate(chunks)]
+    jobs, shares = [], []  # shares: (fraction of its file, bytes) of each chunk, for the progress line
+    for path in files:
+        lines, size = _count_lines(path), os.stat(path).st_size
+        for start in range(0, lines, CHUNK_DOCS):
+            token_path = str(token_dir / f"{len(jobs):06d}.npy")
+            jobs.append((str(path), start, start + CHUNK_DOCS, str(tokenizer_dir), token_path))
+            part = (min(lines, start + CHUNK_DOCS) - start) / lines
+            shares.append((part, int(size * part)))
+    meter = Progress("shard", len(files), sum(os.stat(path).st_size for path in files), enabled=progress)
     processes = worker_count(workers, len(jobs))
     if processes == 1:
-        return [tokenize_chunk(job) for job in jobs]
+        return _tracked(map(tokenize_chunk, jobs), shares, meter)
     # spawn, not fork: the parent may hold torch threads and open files (tests, the CLI).
     with multiprocessing.get_context("spawn").Pool(processes) as pool:
-        return pool.map(tokenize_chunk, jobs, chunksize=1)
+        return _tracked(pool.imap(tokenize_chunk, jobs), shares, meter)
+
+
+def _tracked(results, shares, meter: Progress) -> list[dict]:
+    parts = []
+    for part, (fraction, nbytes) in zip(results, shares):
+        parts.append(part)
+        meter.advance(fraction, len(part["lengths"]), nbytes)
+    meter.close()
+    return parts
 
 
 def _count_lines(path) -> int:

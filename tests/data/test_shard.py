@@ -169,3 +169,16 @@ def test_templated_tar_headers_equal_tarfile_headers():
     headers = _Headers("train-", ".tokens.npy", 1156)
     for index in (0, 1, 7, 123_456_789, 999_999_999, 10**9):
         assert headers(index) == _tar_header(f"train-{index:09d}.tokens.npy", 1156), index
+
+
+def test_progress_line_counts_files_docs_and_bytes(cleaned_dir, tokenizer_dir, shard_cfg, tmp_path, capsys,
+                                                   monkeypatch):
+    from pretrain.data import progress
+
+    monkeypatch.setattr(progress, "INTERVAL_S", 0.0)
+    write_shards(ShardConfig(**{**vars(shard_cfg), "progress": True}), cleaned_dir, tokenizer_dir, tmp_path / "d")
+    lines = capsys.readouterr().err.strip().splitlines()
+    files = len(list(cleaned_dir.glob("*.jsonl")))
+    assert lines[-1].startswith(f"shard: {files}/{files} files, ") and " docs/s, " in lines[-1]
+    assert " MB/s, ETA 00:00:00" in lines[-1]
+    assert len(lines) > files  # one line per finished chunk of each file, and the closing one
