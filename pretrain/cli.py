@@ -25,9 +25,12 @@ COMMANDS = {
     ("status",): ("pretrain.launch.commands:status", "Job state, restarts, last step, loss and checkpoint of runs."),
     ("cancel",): ("pretrain.launch.commands:cancel", "Ask a run's job to save a checkpoint, then cancel it."),
     ("report",): ("pretrain.monitor.report:report", "Plots and a markdown summary of a run from its metrics.jsonl."),
+    ("export", "hf"): ("pretrain.stages:export_hf",
+                       "Write a run's checkpoint as a Hugging Face Llama directory (safetensors + tokenizer)."),
+    ("plan",): ("pretrain.plan:run", "Check a parallel layout; print parameters, memory per GPU, FLOPs, step time."),
 }
 # These take a run directory and compose its saved config (or none) instead of configs/.
-RUN_DIR_COMMANDS = {"resume", "status", "cancel", "report"}
+RUN_DIR_COMMANDS = {"resume", "status", "cancel", "report", "export"}
 
 OVERRIDES_HELP = (
     "Hydra overrides, e.g. model=llama_125m optim.lr=3e-4 train.run_dir=runs/x. "
@@ -56,6 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
         if words[0] == "submit":
             sub.add_argument("-m", "--multirun", action="store_true",
                              help="Sweep: one job per point of the overrides' comma lists, range(...), choice(...).")
+        if words[0] == "export":
+            sub.add_argument("--step", type=int, default=None, help="Checkpoint step (default: the latest).")
+            sub.add_argument("--out", default=None, help="Output directory (default: RUN_DIR/hf/step_N).")
+            sub.add_argument("--tokenizer", default=None, help="Tokenizer directory (default: the run's data.root/tokenizer).")
+        if words[0] == "plan":
+            from pretrain.plan import add_options
+
+            add_options(sub)
         if words[0] == "cancel":
             sub.add_argument("--wait", type=int, default=600, help="Seconds to wait for the checkpoint (default 600).")
         sub.add_argument("--config-dir", default=None, help="The configs/ tree to compose from.")

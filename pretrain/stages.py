@@ -46,7 +46,11 @@ def train(cfg: Config, args) -> int:
     validate(cfg, world_size)
     from pretrain.train.inputs import check_device, check_inputs
 
-    check_inputs(cfg)  # before torch and deepspeed load: a missing dataset is one line, exit 2
+    tokenizer = check_inputs(cfg)  # before torch and deepspeed load: a missing dataset is one line, exit 2
+    if cfg.model.init_from and not Path(cfg.train.run_dir, "checkpoints", "latest").is_file():
+        from pretrain.model.hf import check_init_from
+
+        check_init_from(cfg.model, tokenizer.vocab_size)
     check_device(cfg)
     if not under_launcher and cfg.parallel.nproc_per_node > 1:
         from pretrain.train.launch import launch_local
@@ -64,6 +68,15 @@ def worker_args(args) -> list[str]:
     """This command line again, for the launched workers."""
     extra = ["--config-name", args.config_name] + (["--config-dir", str(args.config_dir)] if args.config_dir else [])
     return ["train", *args.overrides, *extra]
+
+
+def export_hf(cfg: None, args) -> int:
+    """`pretrain export hf RUN_DIR`: a checkpoint as a Hugging Face Llama directory."""
+    from pretrain.model.hf import export
+
+    out = export(args.run_dir, args.step, args.out, args.tokenizer)
+    print(f"exported {args.run_dir} -> {out} (LlamaForCausalLM: model.safetensors, config.json, tokenizer)")
+    return 0
 
 
 def demo(cfg: Config, args) -> int:

@@ -25,6 +25,13 @@ class ModelConfig:
     norm_epsilon: float = 1e-5
     init_method_std: float = 0.02
     untie_embeddings_and_output_weights: bool = True
+    init_from: str = ""
+    """A Hugging Face Llama directory (config.json + safetensors) whose weights a new run starts
+    from; ignored when the run directory already has a checkpoint (resume wins)."""
+    freeze_embedding: bool = False
+    """Keep the input embedding fixed (with tied weights, the output layer too)."""
+    freeze_layers: int = 0
+    """Keep the first N decoder layers fixed (transfer learning)."""
 
     def __post_init__(self):
         for key in ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups",
@@ -37,5 +44,7 @@ class ModelConfig:
         if self.num_attention_heads % self.num_query_groups:
             raise ConfigError("model.num_query_groups",
                               f"{self.num_query_groups} does not divide num_attention_heads={self.num_attention_heads}")
+        if not 0 <= self.freeze_layers <= self.num_layers:
+            raise ConfigError("model.freeze_layers", f"{self.freeze_layers} is not in [0, num_layers={self.num_layers}]")
         if (self.hidden_size // self.num_attention_heads) % 2:
             raise ConfigError("model.hidden_size", "the head dimension must be even for rotary embeddings")

@@ -7,8 +7,6 @@ Tensor parallelism is megatron's: column-parallel qkv/fc1, row-parallel proj/fc2
 vocab-parallel embedding, output layer and cross-entropy.
 """
 
-import math
-
 import torch
 import torch.nn.functional as F
 from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
@@ -25,6 +23,8 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.transformer.transformer_layer import TransformerLayer, TransformerLayerSubmodules
 
 from pretrain.model.config import ModelConfig
+# Arithmetic without torch lives in flops.py; re-exported here for the trainer and tests.
+from pretrain.model.flops import flops_per_token, matmul_parameters, padded_vocab_size  # noqa: F401
 from pretrain.model.norm import RMSNorm
 from pretrain.parallel import cpu_compat
 
@@ -107,12 +107,6 @@ def transformer_config(
     )
 
 
-def padded_vocab_size(vocab_size: int, cfg: ModelConfig, tensor_parallel_size: int) -> int:
-    """Round the vocabulary up to a multiple of make_vocab_size_divisible_by * tensor_parallel_size."""
-    multiple = cfg.make_vocab_size_divisible_by * tensor_parallel_size
-    return math.ceil(vocab_size / multiple) * multiple
-
-
 def build_model(
     cfg: ModelConfig,
     vocab_size: int,
@@ -160,25 +154,3 @@ def language_model_loss(model: torch.nn.Module, tokens: torch.Tensor) -> torch.T
 def count_parameters(model: torch.nn.Module) -> int:
     """Parameters held by this rank (a tied embedding/output weight counts once)."""
     return sum(p.numel() for p in model.parameters())
-
-
-def matmul_parameters(cfg: ModelConfig, vocab_size: int) -> int:
-    """Weights that take part in a matrix multiply per token: all layers plus the output layer."""
-    head_dim = cfg.hidden_size // cfg.num_attention_heads
-    qkv = cfg.hidden_size * (cfg.num_attention_heads + 2 * cfg.num_query_groups) * head_dim
-    proj = cfg.num_attention_heads * head_dim * cfg.hidden_size
-    mlp = 3 * cfg.hidden_size * cfg.ffn_hidden_size  # gate, up, down
-    return cfg.num_layers * (qkv + proj + mlp) + vocab_size * cfg.hidden_size
-
-
-def flops_per_token(cfg: ModelConfig, vocab_size: int) -> float:
-    """Training FLOPs per token (forward + backward): 6·N + 12·L·H·S.
-
-    N = matmul_parameters (the input embedding is a lookup, the output layer a matmul, so it
-    counts once whether tied or not; norms are negligible). 6·N is 2 FLOPs per weight per
-    token forward and 4 backward. The attention term is QK^T and AV: 2·2·S·H per layer per
-    token forward, times 3 for training, counted over the full S×S score matrix (causal
-    masking is not subtracted), as PaLM and Megatron count it so MFUs compare.
-    """
-    attention = 12 * cfg.num_layers * cfg.hidden_size * cfg.seq_length
-    return 6 * matmul_parameters(cfg, vocab_size) + attention

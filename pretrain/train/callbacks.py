@@ -47,11 +47,15 @@ class StepMetrics(Callback):
     name = "step_metrics"
     TIMES = ("time_data", "time_forward", "time_backward", "time_optimizer")
 
-    def __init__(self, log_interval: int, tokens_per_step: int, seq_length: int, world_size: int):
+    def __init__(self, log_interval: int, tokens_per_step: int, seq_length: int, world_size: int,
+                 flops_per_step: float = 0.0, peak_flops: float | None = None):
         self.log_interval = log_interval
         self.tokens_per_step = tokens_per_step
         self.seq_length = seq_length
         self.world_size = world_size
+        self.flops_per_step = flops_per_step
+        self.peak_flops = peak_flops
+        """Peak FLOP/s of all devices together; None (unknown device) logs no mfu."""
         self._reset()
 
     def _reset(self):
@@ -79,6 +83,7 @@ class StepMetrics(Callback):
             "grad_norm": metrics["grad_norm"],
             "tokens_per_second": tokens_per_second,
             "tokens_per_second_per_gpu": tokens_per_second / self.world_size,
+            **({"mfu": self.flops_per_step * steps / self.seconds / self.peak_flops} if self.peak_flops else {}),
             **_precision_state(trainer.engine),
             "consumed_samples": consumed,
             "consumed_tokens": consumed * self.seq_length,

@@ -82,11 +82,14 @@ class TrainConfig:
     """Prompts to continue with the trained model at the end (printed by rank 0)."""
     sample_tokens: int = 48
     """Tokens to generate per prompt."""
+    peak_flops: float = 0.0
+    """Peak FLOP/s of one device, for the logged mfu; 0: looked up from the GPU's name
+    (pretrain/monitor/mfu.py), and no mfu where unknown (the CPU)."""
 
     def __post_init__(self):
         for key in ("train_steps", "micro_batch_size", "global_batch_size", "log_interval", "eval_samples"):
             check_positive(f"train.{key}", getattr(self, key))
-        for key in ("eval_interval", "save_interval", "sample_tokens", "step_timeout"):
+        for key in ("eval_interval", "save_interval", "sample_tokens", "step_timeout", "peak_flops"):
             check_positive(f"train.{key}", getattr(self, key), allow_zero=True)
         check_choice("train.precision", self.precision, ("fp32", "bf16", "fp16"))
         if self.global_batch_size % self.micro_batch_size:

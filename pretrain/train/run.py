@@ -10,9 +10,11 @@ from pretrain.checkpoint import store
 from pretrain.config import Config
 from pretrain.data.loader import ShardedSamples, TrainBatches, valid_batches
 from pretrain.io import write_atomic
-from pretrain.model.gpt import build_model, padded_vocab_size
+from pretrain.model.gpt import build_model, flops_per_token, padded_vocab_size
+from pretrain.model.transfer import prepare_model
 from pretrain.monitor.evaluators import load_evaluators
 from pretrain.monitor.metrics import MetricsFile
+from pretrain.monitor.mfu import local_peak_flops
 from pretrain.monitor.stragglers import StragglerDetector
 from pretrain.monitor.wandb_run import start_run
 from pretrain.parallel.layout import ParallelLayout, destroy_distributed, init_distributed
@@ -55,6 +57,8 @@ def build_trainer(cfg: Config, config_dict: dict, layout: ParallelLayout, tokeni
         write_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(config_dict))
     vocab_size = padded_vocab_size(cfg.model.vocab_size or tokenizer.vocab_size, cfg.model, layout.tensor_parallel_size)
     model = build_model(cfg.model, vocab_size, layout.tensor_parallel_size, DTYPES[cfg.train.precision])
+    prepare_model(model, cfg.model, vocab_size, layout.tensor_parallel_size, layout.tensor_parallel_rank, run_dir,
+                  say=lambda message: print(message, flush=True) if layout.rank == 0 else None)
     engine = build_engine(cfg, model, layout)
     trainer = Trainer(engine, train_batches(cfg, layout), build_callbacks(cfg, config_dict, layout, tokenizer),
                       str(run_dir), cfg.train.train_steps, cfg.model.seq_length, engine.device)
@@ -87,8 +91,12 @@ def build_callbacks(cfg: Config, config_dict, layout: ParallelLayout, tokenizer:
     if train.log_sample_ids:
         callbacks.append(cb.SampleLog(train.run_dir, layout.rank))
     callbacks.append(cb.Restarts())
-    callbacks.append(cb.StepMetrics(train.log_interval, train.global_batch_size * cfg.model.seq_length,
-                                    cfg.model.seq_length, layout.world_size))
+    tokens_per_step = train.global_batch_size * cfg.model.seq_length
+    vocab_size = padded_vocab_size(cfg.model.vocab_size or tokenizer.vocab_size, cfg.model, layout.tensor_parallel_size)
+    peak = local_peak_flops(train.precision, train.peak_flops)
+    callbacks.append(cb.StepMetrics(train.log_interval, tokens_per_step, cfg.model.seq_length, layout.world_size,
+                                    flops_per_token(cfg.model, vocab_size) * tokens_per_step,
+                                    peak and peak * layout.world_size))
     if cfg.logging.stragglers.interval:
         callbacks.append(StragglerDetector(cfg.logging.stragglers))
     callbacks.append(NonFiniteGuard(train.guard))  # before Checkpointing: a bad step is not saved

@@ -1,0 +1,89 @@
+"""Read a checkpoint's model weights on the CPU, without DeepSpeed or a process group.
+
+DeepSpeed writes torch pickles. They are read with `weights_only=True`; the only classes
+allowed beyond tensors and containers are DeepSpeed's ZeRO-stage enum and its loss-scaler
+record, which the optimizer files carry (plain data, restored without running code).
+
+Layouts (one set per tensor-parallel rank `mp_rank_XX`):
+- ZeRO 0-2: `mp_rank_XX_model_states.pt` holds the module's full (per TP rank) weights in
+  the training dtype.
+- ZeRO 3: the module entries are empty; each data-parallel rank's
+  `zero_pp_rank_D_mp_rank_XX_optim_states.pt` holds its slice of every parameter (fp32
+  master), concatenated in `param_shapes` order, each parameter padded to a multiple of the
+  data-parallel size. Frozen parameters are sliced the same way in the model-state files.
+"""
+
+import re
+from pathlib import Path
+
+import torch
+
+from pretrain.errors import ConfigError
+
+_MP_RANK = re.compile(r"mp_rank_(\d+)")
+
+
+def _safe_classes() -> list:
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+
+    return [ZeroStageEnum, LossScaler]
+
+
+def load_file(path: Path) -> dict:
+    """torch.load with weights_only=True, allowing DeepSpeed's two data classes."""
+    with torch.serialization.safe_globals(_safe_classes()):
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+
+
+def tensor_parallel_shards(checkpoint_dir: Path) -> list[dict[str, torch.Tensor]]:
+    """Each tensor-parallel rank's parameters (full over data parallelism), by TP rank."""
+    checkpoint_dir = Path(checkpoint_dir)
+    model_files = sorted(checkpoint_dir.glob("*model_states.pt"))
+    if not model_files:
+        raise ConfigError("--step", f"no DeepSpeed model files in {checkpoint_dir}")
+    tp_ranks = sorted({int(_MP_RANK.search(p.name).group(1)) for p in model_files})
+    return [_tp_rank_weights(checkpoint_dir, rank) for rank in tp_ranks]
+
+
+def _tp_rank_weights(checkpoint_dir: Path, tp_rank: int) -> dict[str, torch.Tensor]:
+    mp = f"mp_rank_{tp_rank:02d}"
+    plain = checkpoint_dir / f"{mp}_model_states.pt"
+    if plain.is_file():  # ZeRO 0-2: the module itself
+        return _parameters(load_file(plain)["module"])
+    model_files = _by_dp_rank(checkpoint_dir.glob(f"zero_pp_rank_*_{mp}_model_states.pt"))
+    optim_files = _by_dp_rank(checkpoint_dir.glob(f"zero_pp_rank_*_{mp}_optim_states.pt"))
+    return gather_zero3(model_files, optim_files)
+
+
+def _by_dp_rank(paths) -> list[Path]:
+    return sorted(paths, key=lambda p: int(re.search(r"zero_pp_rank_(\d+)_", p.name).group(1)))
+
+
+def _parameters(module_state: dict) -> dict[str, torch.Tensor]:
+    # megatron's layers add `_extra_state` entries (None or bytes) for Transformer Engine: not weights.
+    return {name: t for name, t in module_state.items() if isinstance(t, torch.Tensor) and not name.endswith("_extra_state")}
+
+
+def gather_zero3(model_files: list[Path], optim_files: list[Path]) -> dict[str, torch.Tensor]:
+    """Reassemble one TP rank's parameters from its ZeRO-3 partitions (one file pair per DP rank)."""
+    world = len(optim_files)
+    model_state = load_file(model_files[0])
+    flats = [torch.cat([t.reshape(-1) for t in load_file(f)["optimizer_state_dict"]["fp32_flat_groups"]])
+             for f in optim_files]
+    weights, offset = {}, 0
+    for group in model_state["param_shapes"]:
+        for name, shape in group.items():
+            numel = shape.numel()
+            part = -(-numel // world)
+            weights[name] = torch.cat([flat[offset:offset + part] for flat in flats])[:numel].view(shape).clone()
+            offset += part
+    if offset != flats[0].numel():
+        raise ValueError(f"ZeRO-3 partitions of {optim_files[0].parent} hold {flats[0].numel()} values per rank, "
+                         f"the parameter shapes need {offset}")
+    frozen = model_state.get("frozen_param_shapes") or {}
+    if frozen:
+        fragments = [load_file(f)["frozen_param_fragments"] for f in model_files]
+        for name, shape in frozen.items():
+            weights[name] = torch.cat([f[name].reshape(-1) for f in fragments])[:shape.numel()].view(shape).clone()
+    return weights

@@ -1,0 +1,50 @@
+"""Parameter and FLOP arithmetic from the model config alone: no torch, so login nodes and
+`pretrain plan` can use it. `pretrain.model.gpt` re-exports these for the trainer.
+"""
+
+from pretrain.model.config import ModelConfig
+
+
+def head_dim(cfg: ModelConfig) -> int:
+    return cfg.hidden_size // cfg.num_attention_heads
+
+
+def layer_matmul_parameters(cfg: ModelConfig) -> int:
+    """Weights of one decoder layer's matrices: qkv, attention output, SwiGLU gate/up/down."""
+    d = head_dim(cfg)
+    qkv = cfg.hidden_size * (cfg.num_attention_heads + 2 * cfg.num_query_groups) * d
+    proj = cfg.num_attention_heads * d * cfg.hidden_size
+    mlp = 3 * cfg.hidden_size * cfg.ffn_hidden_size  # gate, up, down
+    return qkv + proj + mlp
+
+
+def matmul_parameters(cfg: ModelConfig, vocab_size: int) -> int:
+    """Weights that take part in a matrix multiply per token: all layers plus the output layer."""
+    return cfg.num_layers * layer_matmul_parameters(cfg) + vocab_size * cfg.hidden_size
+
+
+def total_parameters(cfg: ModelConfig, vocab_size: int) -> int:
+    """Every parameter of the model: layers (matrices and two norms each), final norm,
+    embedding, and the output layer when it is not tied to the embedding."""
+    layers = cfg.num_layers * (layer_matmul_parameters(cfg) + 2 * cfg.hidden_size)
+    embeddings = vocab_size * cfg.hidden_size * (2 if cfg.untie_embeddings_and_output_weights else 1)
+    return layers + cfg.hidden_size + embeddings
+
+
+def flops_per_token(cfg: ModelConfig, vocab_size: int) -> float:
+    """Training FLOPs per token (forward + backward): 6·N + 12·L·H·S.
+
+    N = matmul_parameters (the input embedding is a lookup, the output layer a matmul, so it
+    counts once whether tied or not; norms are negligible). 6·N is 2 FLOPs per weight per
+    token forward and 4 backward. The attention term is QK^T and AV: 2·2·S·H per layer per
+    token forward, times 3 for training, counted over the full S×S score matrix (causal
+    masking is not subtracted), as PaLM and Megatron count it so MFUs compare.
+    """
+    attention = 12 * cfg.num_layers * cfg.hidden_size * cfg.seq_length
+    return 6 * matmul_parameters(cfg, vocab_size) + attention
+
+
+def padded_vocab_size(vocab_size: int, cfg: ModelConfig, tensor_parallel_size: int) -> int:
+    """Round the vocabulary up to a multiple of make_vocab_size_divisible_by * tensor_parallel_size."""
+    multiple = cfg.make_vocab_size_divisible_by * tensor_parallel_size
+    return -(-vocab_size // multiple) * multiple

@@ -1,0 +1,371 @@
+"""Hugging Face Llama ⇄ our megatron GPTModel: weight layout, config.json, tokenizer files.
+
+Export (`pretrain export hf RUN_DIR`) reads a checkpoint on the CPU, merges its tensor-parallel
+shards and writes a directory that `transformers.LlamaForCausalLM` and `AutoTokenizer` load.
+Import (`model.init_from=DIR`) reads such a directory into this rank's GPTModel shard.
+Only torch, safetensors and sentencepiece are needed; transformers is not.
+
+Layout facts (megatron-core's GPTModel, local layer spec):
+- `linear_qkv.weight` is [G·(Q/G+2)·d, h], grouped per query group: viewed as
+  [G, Q/G+2, d, h], each group holds its Q/G query heads, then its key, then its value.
+  HF keeps q_proj [Q·d, h], k_proj and v_proj [G·d, h]; query head i reads kv head i // (Q/G)
+  in both, so regrouping is a reshape.
+- `linear_fc1.weight` is [gate; up]; under tensor parallelism each rank holds [gate_r; up_r],
+  so the halves are gathered separately.
+- Column-parallel weights (qkv, fc1, embedding, output layer) split along dim 0, row-parallel
+  ones (attention output, fc2) along dim 1; norms are replicated.
+- The embedding and output layer carry rows for vocabulary padding (a multiple of
+  make_vocab_size_divisible_by × TP): dropped on export, zero rows on import.
+"""
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import torch
+
+from pretrain.errors import ConfigError
+from pretrain.model.config import ModelConfig
+
+KEY = "model.init_from"
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+
+EMBEDDING = "embedding.word_embeddings.weight"
+OUTPUT = "output_layer.weight"
+FINAL_NORM = "decoder.final_layernorm.weight"
+QKV = "self_attention.linear_qkv.weight"
+FC1 = "mlp.linear_fc1.weight"
+_LAYER = re.compile(r"decoder\.layers\.(\d+)\.(.+)")
+# Layer weights that map one-to-one: our suffix -> HF suffix.
+_SAME = {
+    "input_layernorm.weight": "input_layernorm.weight",
+    "self_attention.linear_proj.weight": "self_attn.o_proj.weight",
+    "pre_mlp_layernorm.weight": "post_attention_layernorm.weight",
+    "mlp.linear_fc2.weight": "mlp.down_proj.weight",
+}
+_COLUMN_PARALLEL = (QKV, EMBEDDING, OUTPUT)
+_ROW_PARALLEL = ("self_attention.linear_proj.weight", "mlp.linear_fc2.weight")
+
+
+# --- tensor parallelism: merge shards for export, split for import -------------------------
+
+def _split_dim(name: str) -> int | None:
+    if name.endswith(FC1):
+        return None  # gate and up halves: see merge/split
+    if name.endswith(_COLUMN_PARALLEL):
+        return 0
+    if name.endswith(_ROW_PARALLEL):
+        return 1
+    return -1  # replicated
+
+
+def merge_tensor_parallel(shards: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Full weights from each TP rank's shard (in rank order)."""
+    if len(shards) == 1:
+        return dict(shards[0])
+    full = {}
+    for name in shards[0]:
+        parts = [shard[name] for shard in shards]
+        dim = _split_dim(name)
+        if dim is None:
+            gates, ups = zip(*(part.chunk(2, dim=0) for part in parts))
+            full[name] = torch.cat([*gates, *ups])
+        else:
+            full[name] = parts[0] if dim < 0 else torch.cat(parts, dim=dim)
+    return full
+
+
+def split_tensor_parallel(full: dict[str, torch.Tensor], tp_size: int, tp_rank: int) -> dict[str, torch.Tensor]:
+    """This TP rank's shard of full weights."""
+    if tp_size == 1:
+        return dict(full)
+    shard = {}
+    for name, tensor in full.items():
+        dim = _split_dim(name)
+        if dim is None:
+            gate, up = tensor.chunk(2, dim=0)
+            shard[name] = torch.cat([gate.chunk(tp_size)[tp_rank], up.chunk(tp_size)[tp_rank]])
+        else:
+            shard[name] = tensor if dim < 0 else tensor.chunk(tp_size, dim=dim)[tp_rank]
+    return {name: t.contiguous() for name, t in shard.items()}
+
+
+# --- megatron names and layout ⇄ HF Llama ------------------------------------------------------
+
+def to_hf(weights: dict[str, torch.Tensor], cfg: ModelConfig, vocab_size: int) -> dict[str, torch.Tensor]:
+    """HF LlamaForCausalLM state dict from our full (TP-merged) weights; vocab padding dropped."""
+    groups, per_group = cfg.num_query_groups, cfg.num_attention_heads // cfg.num_query_groups
+    hf = {"model.embed_tokens.weight": weights[EMBEDDING][:vocab_size], "model.norm.weight": weights[FINAL_NORM]}
+    if OUTPUT in weights:
+        hf["lm_head.weight"] = weights[OUTPUT][:vocab_size]
+    for name, tensor in weights.items():
+        match = _LAYER.fullmatch(name)
+        if not match:
+            continue
+        prefix, suffix = f"model.layers.{match.group(1)}.", match.group(2)
+        if suffix == QKV:
+            qkv = tensor.view(groups, per_group + 2, -1, tensor.shape[-1])  # [G, Q/G+2, d, h]
+            hf[prefix + "self_attn.q_proj.weight"] = qkv[:, :per_group].reshape(-1, tensor.shape[-1])
+            hf[prefix + "self_attn.k_proj.weight"] = qkv[:, per_group].reshape(-1, tensor.shape[-1])
+            hf[prefix + "self_attn.v_proj.weight"] = qkv[:, per_group + 1].reshape(-1, tensor.shape[-1])
+        elif suffix == FC1:
+            hf[prefix + "mlp.gate_proj.weight"], hf[prefix + "mlp.up_proj.weight"] = tensor.chunk(2, dim=0)
+        elif suffix in _SAME:
+            hf[prefix + _SAME[suffix]] = tensor
+    return {name: t.contiguous() for name, t in hf.items()}
+
+
+def from_hf(hf: dict[str, torch.Tensor], cfg: ModelConfig, padded_vocab: int) -> dict[str, torch.Tensor]:
+    """Our full (unsplit) weights from an HF Llama state dict; padding rows are zero."""
+    groups, per_group = cfg.num_query_groups, cfg.num_attention_heads // cfg.num_query_groups
+    weights = {EMBEDDING: _pad_rows(hf["model.embed_tokens.weight"], padded_vocab),
+               FINAL_NORM: hf["model.norm.weight"]}
+    if cfg.untie_embeddings_and_output_weights:
+        weights[OUTPUT] = _pad_rows(hf["lm_head.weight"], padded_vocab)
+    for layer in range(cfg.num_layers):
+        ours, theirs = f"decoder.layers.{layer}.", f"model.layers.{layer}."
+        q, k, v = (hf[f"{theirs}self_attn.{p}_proj.weight"] for p in "qkv")
+        h = q.shape[-1]
+        qkv = torch.cat([q.view(groups, per_group, -1, h), k.view(groups, 1, -1, h), v.view(groups, 1, -1, h)], dim=1)
+        weights[ours + QKV] = qkv.reshape(-1, h)
+        weights[ours + FC1] = torch.cat([hf[theirs + "mlp.gate_proj.weight"], hf[theirs + "mlp.up_proj.weight"]])
+        for our_suffix, their_suffix in _SAME.items():
+            weights[ours + our_suffix] = hf[theirs + their_suffix]
+    return weights
+
+
+def _pad_rows(tensor: torch.Tensor, rows: int) -> torch.Tensor:
+    if rows < tensor.shape[0]:
+        raise ConfigError(KEY, f"the HF vocabulary ({tensor.shape[0]}) is larger than the model's ({rows})")
+    return torch.cat([tensor, tensor.new_zeros(rows - tensor.shape[0], tensor.shape[1])])
+
+
+# --- config.json ----------------------------------------------------------------------------
+
+def hf_config(cfg: ModelConfig, vocab_size: int, dtype: torch.dtype, special_ids: dict) -> dict:
+    """config.json of a LlamaForCausalLM with our model's shape."""
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": vocab_size,
+        "hidden_size": cfg.hidden_size,
+        "intermediate_size": cfg.ffn_hidden_size,
+        "num_hidden_layers": cfg.num_layers,
+        "num_attention_heads": cfg.num_attention_heads,
+        "num_key_value_heads": cfg.num_query_groups,
+        "head_dim": cfg.hidden_size // cfg.num_attention_heads,
+        "hidden_act": "silu",
+        "max_position_embeddings": cfg.seq_length,
+        "rms_norm_eps": cfg.norm_epsilon,
+        "rope_theta": float(cfg.rotary_base),
+        "rope_scaling": None,
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "mlp_bias": False,
+        "tie_word_embeddings": not cfg.untie_embeddings_and_output_weights,
+        "initializer_range": cfg.init_method_std,
+        "torch_dtype": DTYPE_NAMES[dtype],
+        "use_cache": True,
+        **special_ids,
+    }
+
+
+def _rope_theta(hf: dict) -> float | None:
+    # transformers 4.x writes rope_theta at the top; 5.x inside rope_parameters.
+    return hf.get("rope_theta", (hf.get("rope_parameters") or {}).get("rope_theta"))
+
+
+def check_hf_config(hf: dict, cfg: ModelConfig, vocab_size: int, where: Path) -> None:
+    """Raise ConfigError naming the first key where the HF config and the model config differ."""
+    pairs = [
+        ("hidden_size", cfg.hidden_size, "model.hidden_size"),
+        ("num_hidden_layers", cfg.num_layers, "model.num_layers"),
+        ("num_attention_heads", cfg.num_attention_heads, "model.num_attention_heads"),
+        ("num_key_value_heads", cfg.num_query_groups, "model.num_query_groups"),
+        ("intermediate_size", cfg.ffn_hidden_size, "model.ffn_hidden_size"),
+        ("head_dim", cfg.hidden_size // cfg.num_attention_heads, "model.hidden_size / model.num_attention_heads"),
+        ("tie_word_embeddings", not cfg.untie_embeddings_and_output_weights,
+         "not model.untie_embeddings_and_output_weights"),
+        ("vocab_size", vocab_size, "the tokenizer's vocabulary (or model.vocab_size)"),
+    ]
+    defaults = {"num_key_value_heads": hf.get("num_attention_heads"), "head_dim": cfg.hidden_size // cfg.num_attention_heads,
+                "tie_word_embeddings": False}
+    for key, ours, our_key in pairs:
+        theirs = hf.get(key, defaults.get(key))
+        if theirs != ours:
+            raise ConfigError(KEY, f"{where}: {key}={theirs} differs from {our_key}={ours}")
+    if hf.get("model_type", "llama") != "llama" or hf.get("hidden_act", "silu") != "silu":
+        raise ConfigError(KEY, f"{where}: not a Llama model (model_type={hf.get('model_type')}, "
+                               f"hidden_act={hf.get('hidden_act')})")
+    for key in ("attention_bias", "mlp_bias"):
+        if hf.get(key):
+            raise ConfigError(KEY, f"{where}: {key}=true; this model has no biases")
+    rope_type = (hf.get("rope_scaling") or hf.get("rope_parameters") or {}).get("rope_type", "default")
+    if rope_type != "default":
+        raise ConfigError(KEY, f"{where}: rope scaling {rope_type!r} is not supported")
+    if _rope_theta(hf) is not None and float(_rope_theta(hf)) != float(cfg.rotary_base):
+        raise ConfigError(KEY, f"{where}: rope_theta={_rope_theta(hf)} differs from model.rotary_base={cfg.rotary_base}")
+    if float(hf.get("rms_norm_eps", cfg.norm_epsilon)) != float(cfg.norm_epsilon):
+        raise ConfigError(KEY, f"{where}: rms_norm_eps={hf['rms_norm_eps']} differs from "
+                               f"model.norm_epsilon={cfg.norm_epsilon}")
+
+
+def read_hf_config(directory: str | Path) -> dict:
+    """An HF model directory's config.json; ConfigError if the directory or file is missing."""
+    path = Path(directory) / "config.json"
+    if not path.is_file():
+        raise ConfigError(KEY, f"{directory} is not a Hugging Face model directory (no config.json)")
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        raise ConfigError(KEY, f"{path} is not valid JSON") from None
+
+
+# --- safetensors files ----------------------------------------------------------------------
+
+def read_hf_weights(directory: str | Path) -> dict[str, torch.Tensor]:
+    """All tensors of model.safetensors, or of the shards an index file names."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    elif (directory / "model.safetensors").is_file():
+        files = ["model.safetensors"]
+    else:
+        raise ConfigError(KEY, f"{directory} has no model.safetensors (or model.safetensors.index.json)")
+    weights = {}
+    for name in files:
+        weights.update(load_file(directory / name))
+    return weights
+
+
+# --- export ---------------------------------------------------------------------------------
+
+def export(run_dir: str | Path, step: int | None = None, out_dir: str | Path | None = None,
+           tokenizer_dir: str | Path | None = None) -> Path:
+    """Write checkpoint `step` (default: latest) of `run_dir` as an HF Llama directory; returns it."""
+    from safetensors.torch import save_file
+
+    from pretrain.checkpoint.weights import tensor_parallel_shards
+    from pretrain.io import atomic_dir, write_json
+
+    run_dir = Path(run_dir)
+    checkpoint = _checkpoint_dir(run_dir, step)
+    config = json.loads((checkpoint / "trainer_state.json").read_text())["config"]
+    cfg = model_config(config["model"])
+    tokenizer_dir = Path(tokenizer_dir or f"{config['data']['root']}/tokenizer")
+    tokenizer = _tokenizer(tokenizer_dir)
+    vocab_size = cfg.vocab_size or tokenizer.vocab_size
+    dtype = DTYPES[config["train"]["precision"]]
+    weights = merge_tensor_parallel(tensor_parallel_shards(checkpoint))
+    tensors = {name: t.to(dtype) for name, t in to_hf(weights, cfg, vocab_size).items()}
+    special = {"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id, "pad_token_id": tokenizer.pad_id}
+    out_dir = Path(out_dir or run_dir / "hf" / checkpoint.name)
+    with atomic_dir(out_dir) as tmp:
+        save_file(tensors, tmp / "model.safetensors", metadata={"format": "pt"})
+        write_json(tmp / "config.json", hf_config(cfg, vocab_size, dtype, special))
+        write_json(tmp / "generation_config.json", {**special, "max_length": cfg.seq_length})
+        write_tokenizer(tokenizer, tmp, cfg.seq_length)
+        _readable_by_all(tmp)
+    return out_dir
+
+
+def _readable_by_all(directory: Path) -> None:
+    # The temporary folder and safetensors' file are created private (0700/0600); an export is
+    # meant to be shared like any other output, so give it the umask's usual permissions.
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    directory.chmod(0o777 & ~umask)
+    for path in directory.iterdir():
+        path.chmod(0o666 & ~umask)
+
+
+def model_config(fields: dict) -> ModelConfig:
+    """ModelConfig from a saved config's `model` section (keys unknown to this version ignored)."""
+    known = ModelConfig.__dataclass_fields__
+    return ModelConfig(**{k: v for k, v in fields.items() if k in known})
+
+
+def _checkpoint_dir(run_dir: Path, step: int | None) -> Path:
+    from pretrain.checkpoint import store
+
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError("RUN_DIR", f"{run_dir} is not a run directory (no config.yaml)")
+    tag = store.latest_tag(run_dir) if step is None else store.tag_for(step)
+    if tag is None or not (store.checkpoints_dir(run_dir) / tag / "manifest.json").is_file():
+        sealed = ", ".join(store.sealed_tags(run_dir)) or "none"
+        raise ConfigError("--step", f"no complete checkpoint {tag or ''} in {run_dir} (complete ones: {sealed})")
+    return store.checkpoints_dir(run_dir) / tag
+
+
+def _tokenizer(directory: Path):
+    from pretrain.tokenizers.tokenizer import Tokenizer
+
+    try:
+        return Tokenizer(directory)
+    except ConfigError as error:
+        raise ConfigError("--tokenizer", f"{error.message} (the run's data.root/tokenizer; pass --tokenizer DIR)")
+
+
+def write_tokenizer(tokenizer, directory: Path, max_length: int) -> None:
+    """tokenizer.model plus the files that make AutoTokenizer build a LlamaTokenizer from it.
+
+    Our SentencePiece model adds no dummy prefix and the training data has no bos, so HF must
+    not add either (`legacy: false`, `add_prefix_space: false`, `add_bos_token: false`).
+    """
+    from pretrain.io import write_json
+
+    shutil.copyfile(tokenizer.dir / "tokenizer.model", directory / "tokenizer.model")
+    piece = tokenizer.processor.id_to_piece
+    special = {"bos_token": piece(tokenizer.bos_id), "eos_token": piece(tokenizer.eos_id),
+               "unk_token": piece(tokenizer.unk_id), "pad_token": piece(tokenizer.pad_id)}
+    write_json(directory / "special_tokens_map.json", special)
+    write_json(directory / "tokenizer_config.json", {
+        "tokenizer_class": "LlamaTokenizer", **special,
+        "add_bos_token": False, "add_eos_token": False, "add_prefix_space": False, "legacy": False,
+        "model_max_length": max_length, "clean_up_tokenization_spaces": False,
+    })
+
+
+# --- import ---------------------------------------------------------------------------------
+
+def check_init_from(cfg: ModelConfig, tokenizer_vocab_size: int) -> dict:
+    """Check model.init_from's config against the model before any process starts; its config."""
+    hf = read_hf_config(cfg.init_from)
+    check_hf_config(hf, cfg, cfg.vocab_size or tokenizer_vocab_size, Path(cfg.init_from) / "config.json")
+    read_hf_weights_index(cfg.init_from)
+    return hf
+
+
+def read_hf_weights_index(directory: str | Path) -> None:
+    """Fail early (ConfigError) when the directory holds no safetensors weights."""
+    directory = Path(directory)
+    if not ((directory / "model.safetensors").is_file() or (directory / "model.safetensors.index.json").is_file()):
+        raise ConfigError(KEY, f"{directory} has no model.safetensors (or model.safetensors.index.json)")
+
+
+@torch.no_grad()
+def load_into(model: torch.nn.Module, cfg: ModelConfig, padded_vocab: int, tp_size: int, tp_rank: int) -> None:
+    """Copy model.init_from's weights into this rank's GPTModel shard (shapes checked)."""
+    try:
+        full = from_hf(read_hf_weights(cfg.init_from), cfg, padded_vocab)
+    except KeyError as error:
+        raise ConfigError(KEY, f"{cfg.init_from} has no tensor {error.args[0]}") from None
+    except RuntimeError as error:  # a tensor whose size does not fit the config's shape
+        raise ConfigError(KEY, f"{cfg.init_from}: {str(error).splitlines()[0]}") from None
+    shard = split_tensor_parallel(full, tp_size, tp_rank)
+    params = dict(model.named_parameters())
+    missing = sorted(set(params) - set(shard))
+    if missing:
+        raise ConfigError(KEY, f"{cfg.init_from} has no weights for {missing[0]}")
+    for name, param in params.items():
+        if param.shape != shard[name].shape:
+            raise ConfigError(KEY, f"{cfg.init_from}: {name} has shape {tuple(shard[name].shape)} on this rank, "
+                                   f"the model {tuple(param.shape)}")
+        param.copy_(shard[name])

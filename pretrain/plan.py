@@ -1,0 +1,207 @@
+"""`pretrain plan`: a layout's arithmetic in one CPU process, before anything reaches sbatch.
+
+Checks the parallel layout and the batch arithmetic against a world size, then prints the
+parameters (total and per GPU), memory per GPU (weights, gradients, optimizer state by ZeRO
+stage, activations by checkpointing mode), FLOPs per step and the step time and throughput
+expected at a given MFU on a given GPU. Arithmetic only: no torch, no process group.
+
+Memory model (per GPU, N = parameters this GPU's model-parallel shard holds, d = data-parallel size):
+- Mixed precision (bf16/fp16) Adam: 2 bytes weights + 2 gradients + 12 optimizer (fp32 master,
+  two fp32 moments) per parameter; fp32 training: 4 + 4 + 8. ZeRO-1 divides the optimizer
+  state by d, ZeRO-2 also the gradients, ZeRO-3 also the weights.
+- Activations of the transformer layers, from Korthikanti et al. 2022 ("Reducing Activation
+  Recomputation in Large Transformer Models", Table 2), in bytes per layer for a micro-batch
+  of b sequences of s tokens, hidden h, a heads, tensor parallelism t:
+    none       sbh(10 + 24/t + 5as/(ht))      with sequence parallelism: sbh/t · (34 + 5as/h)
+    selective  sbh(10 + 24/t)                 with sequence parallelism: 34·sbh/t
+    full       2sbh                           with sequence parallelism: 2sbh/t
+  The formulas are the paper's for 16-bit activations and GPT's 4h MLP with full multi-head
+  attention; for a SwiGLU/GQA model they are the standard estimate, not an exact count. With
+  pipeline parallelism (1F1B) the first stage holds p micro-batches of L/p layers: L layers' worth.
+"""
+
+import argparse
+from dataclasses import dataclass
+
+from pretrain.config import Config, validate
+from pretrain.errors import ConfigError, check_choice
+from pretrain.model.flops import flops_per_token, layer_matmul_parameters, padded_vocab_size, total_parameters
+from pretrain.monitor.mfu import PEAK_FLOPS, peak_flops
+
+GiB = 2**30
+CHECKPOINTING = ("none", "selective", "full")
+
+
+@dataclass
+class Layout:
+    """Degrees of parallelism and the batch arithmetic of one run."""
+
+    world_size: int
+    tensor: int
+    pipeline: int
+    data: int
+    micro_batch_size: int
+    global_batch_size: int
+    accumulation: int
+
+
+def check_layout(cfg: Config, world_size: int, data_parallel_size: int | None = None) -> Layout:
+    """The layout's degrees and batch arithmetic, or ConfigError naming the key at fault."""
+    tp, pp = cfg.parallel.tensor_parallel_size, pipeline_size(cfg)
+    if world_size % (tp * pp):
+        raise ConfigError("parallel.tensor_parallel_size",
+                          f"tensor {tp} x pipeline {pp} = {tp * pp} does not divide the world size {world_size}")
+    dp = world_size // (tp * pp)
+    if data_parallel_size is not None and data_parallel_size != dp:
+        raise ConfigError("--data-parallel-size", f"tensor {tp} x data {data_parallel_size} x pipeline {pp} = "
+                          f"{tp * data_parallel_size * pp}, not the world size {world_size}")
+    if cfg.model.num_layers % pp:
+        raise ConfigError("parallel.pipeline_parallel_size",
+                          f"{pp} does not divide model.num_layers={cfg.model.num_layers}")
+    validate(cfg, world_size // pp)  # heads and query groups by TP, global = micro x dp x accumulation
+    micro, global_batch = cfg.train.micro_batch_size, cfg.train.global_batch_size
+    return Layout(world_size, tp, pp, dp, micro, global_batch, global_batch // (micro * dp))
+
+
+def pipeline_size(cfg: Config) -> int:
+    return getattr(cfg.parallel, "pipeline_parallel_size", 1)
+
+
+def vocab_size(cfg: Config) -> int:
+    """The unpadded vocabulary: model.vocab_size, else the tokenizer's configured size."""
+    return cfg.model.vocab_size or cfg.data.tokenizer.vocab_size
+
+
+def parameters_per_gpu(cfg: Config, padded_vocab: int, tp: int, pp: int) -> int:
+    """Parameters on the fullest GPU: its stage's layers' TP shards, plus the embedding (first stage)
+    and the output layer and final norm (last stage); norms are replicated across TP."""
+    m = cfg.model
+    layer = layer_matmul_parameters(m) // tp + 2 * m.hidden_size
+    stage_layers = (m.num_layers // pp) * layer
+    embedding = padded_vocab * m.hidden_size // tp
+    output = embedding if (m.untie_embeddings_and_output_weights or pp > 1) else 0  # pp > 1: a tied copy
+    if pp == 1:
+        return stage_layers + embedding + output + m.hidden_size
+    return stage_layers + max(embedding, output + m.hidden_size)
+
+
+def state_bytes(params: int, precision: str, zero_stage: int, dp: int) -> dict[str, float]:
+    """Weights, gradients and Adam state in bytes on one GPU, after ZeRO partitioning."""
+    mixed = precision != "fp32"
+    weights, grads, optimizer = (2, 2, 12) if mixed else (4, 4, 8)
+    return {
+        "weights": params * weights / (dp if zero_stage >= 3 else 1),
+        "gradients": params * grads / (dp if zero_stage >= 2 else 1),
+        "optimizer": params * optimizer / (dp if zero_stage >= 1 else 1),
+    }
+
+
+def activation_bytes_per_layer(s: int, b: int, h: int, a: int, t: int, mode: str, sequence_parallel: bool) -> float:
+    """Korthikanti et al.'s activation memory of one layer (16-bit activations), in bytes."""
+    sbh = s * b * h
+    attention_scores = 5 * a * s / (h * t)
+    if mode == "full":
+        return 2 * sbh / (t if sequence_parallel else 1)
+    if sequence_parallel:
+        return sbh * (34 / t + (attention_scores if mode == "none" else 0))
+    return sbh * (10 + 24 / t + (attention_scores if mode == "none" else 0))
+
+
+def plan(cfg: Config, world_size: int, gpu: str, mfu: float, checkpointing: str, sequence_parallel: bool = False,
+         data_parallel_size: int | None = None, peak_override: float = 0.0) -> dict:
+    """Every number `pretrain plan` prints, in a dict (bytes, FLOPs, seconds)."""
+    check_choice("--activation-checkpointing", checkpointing, CHECKPOINTING)
+    layout = check_layout(cfg, world_size, data_parallel_size)
+    m, precision = cfg.model, cfg.train.precision
+    vocab = vocab_size(cfg)
+    padded = padded_vocab_size(vocab, m, layout.tensor)
+    per_gpu = parameters_per_gpu(cfg, padded, layout.tensor, layout.pipeline)
+    memory = state_bytes(per_gpu, precision, cfg.parallel.zero_stage, layout.data)
+    per_layer = activation_bytes_per_layer(m.seq_length, layout.micro_batch_size, m.hidden_size,
+                                           m.num_attention_heads, layout.tensor, checkpointing, sequence_parallel)
+    memory["activations"] = per_layer * m.num_layers * (2 if precision == "fp32" else 1)
+    memory["total"] = sum(memory.values())
+    tokens_per_step = layout.global_batch_size * m.seq_length
+    flops_per_step = flops_per_token(m, padded) * tokens_per_step
+    peak = peak_override or peak_flops(gpu, precision)
+    step_time = flops_per_step / (mfu * peak * world_size) if peak else None
+    return {
+        "layout": layout, "vocab": vocab, "padded_vocab": padded, "precision": precision,
+        "zero_stage": cfg.parallel.zero_stage, "checkpointing": checkpointing, "sequence_parallel": sequence_parallel,
+        "parameters": total_parameters(m, padded), "parameters_unpadded": total_parameters(m, vocab),
+        "parameters_per_gpu": per_gpu, "memory": memory, "tokens_per_step": tokens_per_step,
+        "flops_per_step": flops_per_step, "gpu": gpu, "mfu": mfu, "peak_flops": peak, "step_time": step_time,
+        "tokens_per_second": tokens_per_step / step_time if step_time else None,
+    }
+
+
+def format_plan(p: dict) -> str:
+    """The plan as the lines `pretrain plan` prints."""
+    lo, mem = p["layout"], p["memory"]
+    lines = [
+        f"layout       {lo.world_size} GPUs = tensor {lo.tensor} x pipeline {lo.pipeline} x data {lo.data}; "
+        f"ZeRO-{p['zero_stage']}, {p['precision']}",
+        f"batch        global {lo.global_batch_size} = micro {lo.micro_batch_size} x data {lo.data} x "
+        f"accumulation {lo.accumulation}; {p['tokens_per_step']:,} tokens per step",
+        f"parameters   {p['parameters']:,} ({p['parameters'] / 1e9:.2f}B; {p['parameters_unpadded']:,} without the "
+        f"vocabulary padding {p['vocab']} -> {p['padded_vocab']}); {p['parameters_per_gpu']:,} per GPU",
+        "memory/GPU   " + " + ".join(f"{k} {mem[k] / GiB:.2f}" for k in ("weights", "gradients", "optimizer",
+                                                                          "activations"))
+        + f" = {mem['total'] / GiB:.2f} GiB (activations: checkpointing {p['checkpointing']}"
+        + (", sequence parallel)" if p["sequence_parallel"] else ")"),
+        f"compute      {p['flops_per_step']:.4g} FLOPs per step",
+    ]
+    if p["step_time"]:
+        lines.append(f"expected     at {p['mfu']:.0%} MFU of {p['gpu']} ({p['peak_flops'] / 1e12:.1f} TFLOP/s "
+                     f"{p['precision']} dense): {p['step_time']:.3g} s per step, {p['tokens_per_second']:,.0f} "
+                     f"tokens/s ({p['tokens_per_second'] / lo.world_size:,.0f} per GPU)")
+    else:
+        lines.append(f"expected     no {p['precision']} peak for {p['gpu']} in the table: pass --peak-flops")
+    return "\n".join(lines)
+
+
+def add_options(sub: argparse.ArgumentParser) -> None:
+    """The `pretrain plan` options beyond the Hydra overrides."""
+    sub.add_argument("--nodes", type=int, default=None, help="Nodes (default: cluster.nodes).")
+    sub.add_argument("--gpus-per-node", type=int, default=None,
+                     help="GPUs per node (default: cluster.gpus_per_node, else parallel.nproc_per_node).")
+    sub.add_argument("--world-size", type=int, default=None, help="Total GPUs (instead of nodes x GPUs per node).")
+    sub.add_argument("--data-parallel-size", type=int, default=None,
+                     help="Check that tensor x data x pipeline equals the world size.")
+    sub.add_argument("--gpu", default="h100_sxm", choices=sorted(PEAK_FLOPS), help="GPU type for the peak FLOP/s.")
+    sub.add_argument("--peak-flops", type=float, default=0.0, help="Peak FLOP/s of one GPU (instead of --gpu's).")
+    sub.add_argument("--mfu", type=float, default=0.4, help="Model FLOPs utilization to assume (default 0.4).")
+    sub.add_argument("--activation-checkpointing", default=None, choices=CHECKPOINTING,
+                     help="Recompute mode for activation memory (default: the config's, else none).")
+    sub.add_argument("--sequence-parallel", action="store_true", default=None,
+                     help="Megatron sequence parallelism (default: the config's).")
+
+
+def _config_value(cfg: Config, name: str, default):
+    # Read from whichever component config carries the field, if any does.
+    for part in (cfg.model, cfg.parallel, cfg.train):
+        if hasattr(part, name):
+            return getattr(part, name)
+    return default
+
+
+def world_size_of(cfg: Config, args) -> int:
+    if args.world_size:
+        return args.world_size
+    nodes = args.nodes or cfg.cluster.nodes
+    per_node = args.gpus_per_node or cfg.cluster.gpus_per_node or cfg.parallel.nproc_per_node
+    return nodes * per_node
+
+
+def run(cfg: Config, args) -> int:
+    """`pretrain plan`: print the plan of the composed config."""
+    if not 0 < args.mfu <= 1:
+        raise ConfigError("--mfu", f"must be in (0, 1], got {args.mfu}")
+    checkpointing = args.activation_checkpointing or _config_value(cfg, "activation_checkpointing", "none")
+    sequence_parallel = args.sequence_parallel or bool(_config_value(cfg, "sequence_parallel", False))
+    world_size = world_size_of(cfg, args)
+    if world_size <= 0:
+        raise ConfigError("--world-size", f"must be > 0, got {world_size}")
+    print(format_plan(plan(cfg, world_size, args.gpu, args.mfu, checkpointing, sequence_parallel,
+                           args.data_parallel_size, args.peak_flops)))
+    return 0
