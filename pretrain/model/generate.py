@@ -25,6 +25,20 @@ def generate(model, tokenizer, prompt: str, max_new_tokens: int, seq_length: int
     return tokenizer.decode(ids[prompt_length:])
 
 
+@torch.no_grad()
+def greedy(model, ids: list[int], max_new_tokens: int, seq_length: int, vocab_size: int, eos_id: int,
+           device) -> list[int]:
+    """The most likely continuation of token ids (argmax each step, ending after eos), as new ids."""
+    was_training = model.training
+    model.eval()
+    new: list[int] = []
+    while len(new) < max_new_tokens and (not new or new[-1] != eos_id):
+        context = torch.tensor([(list(ids) + new)[-seq_length:]], dtype=torch.long, device=device)
+        new.append(int(next_token_logits(model, context)[:vocab_size].argmax()))  # drop vocab padding
+    model.train(was_training)
+    return new
+
+
 def next_token_logits(model, context: torch.Tensor) -> torch.Tensor:
     """Logits over the full vocabulary for the token after `context` [1, s]."""
     position_ids = torch.arange(context.shape[1], device=context.device).unsqueeze(0)
