@@ -1,0 +1,109 @@
+"""`pretrain plan`: a 70B layout on 1,024 GPUs checked by hand, bad layouts, counts of real models."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from dist_utils import single_process_group, spawn
+
+from pretrain.config import compose_config
+from pretrain.model.config import ModelConfig
+from pretrain.model.flops import padded_vocab_size, total_parameters
+from pretrain.plan import parameters_per_gpu, plan
+
+GiB = 2**30
+LLAMA_70B = ["experiment=llama_70b_128node"]  # 128 nodes x 8, TP=8, ZeRO-1, bf16, micro 1, global 1024
+
+
+def pretrain_plan(*args) -> subprocess.CompletedProcess:
+    # Also proves that plan runs without importing torch.
+    code = ("import sys; from pretrain.cli import main; code = main(sys.argv[1:]); "
+            "assert 'torch' not in sys.modules, 'plan imported torch'; sys.exit(code)")
+    return subprocess.run([sys.executable, "-c", code, "plan", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_70b_on_1024_gpus_matches_hand_arithmetic():
+    result = pretrain_plan(*LLAMA_70B, "--activation-checkpointing", "selective", "--gpu", "h100_sxm", "--mfu", "0.4")
+    assert result.returncode == 0, result.stderr
+    assert "1024 GPUs = tensor 8 x pipeline 1 x data 128; ZeRO-1, bf16" in result.stdout
+    assert "global 1024 = micro 1 x data 128 x accumulation 8; 8,388,608 tokens per step" in result.stdout
+
+    p = plan(compose_config(LLAMA_70B), 1024, "h100_sxm", 0.4, "selective")
+    h, f, layers, vocab = 8192, 28672, 80, 128256
+    layer = h * (64 + 2 * 8) * 128 + h * h + 3 * h * f  # qkv (64 q + 8 k + 8 v heads of 128), proj, SwiGLU
+    # Llama-3-70B's published size: 70.55B.
+    assert p["parameters_unpadded"] == layers * (layer + 2 * h) + h + 2 * vocab * h == 70_553_706_496
+    assert p["padded_vocab"] == 129_024  # 128256 rounded up to 128 x TP 8
+    per_gpu = layers * (layer // 8 + 2 * h) + h + 2 * 129_024 * h // 8
+    assert p["parameters_per_gpu"] == per_gpu == 8_821_940_224
+    assert f"{per_gpu:,} per GPU" in result.stdout
+    memory = p["memory"]
+    assert memory["weights"] == memory["gradients"] == 2 * per_gpu  # bf16, not partitioned at ZeRO-1
+    assert memory["optimizer"] == 12 * per_gpu / 128  # fp32 master + 2 moments over 128 data-parallel ranks
+    assert memory["activations"] == layers * 8192 * 1 * h * (10 + 24 / 8)  # selective, no sequence parallelism
+    assert f"= {memory['total'] / GiB:.2f} GiB" in result.stdout
+    flops = (6 * (layers * layer + 129_024 * h) + 12 * layers * h * 8192) * 1024 * 8192
+    assert p["flops_per_step"] == flops
+    assert p["step_time"] == pytest.approx(flops / (0.4 * 989.4e12 * 1024), rel=1e-12)
+    assert p["tokens_per_second"] == pytest.approx(1024 * 8192 / p["step_time"], rel=1e-12)
+
+
+def test_checkpointing_modes_and_zero_stages_change_memory_as_the_formulas_say():
+    cfg = compose_config(LLAMA_70B)
+    s, b, h, a, t = 8192, 1, 8192, 64, 8
+    none = plan(cfg, 1024, "h100_sxm", 0.4, "none")["memory"]["activations"]
+    full = plan(cfg, 1024, "h100_sxm", 0.4, "full")["memory"]["activations"]
+    sp = plan(cfg, 1024, "h100_sxm", 0.4, "selective", sequence_parallel=True)["memory"]["activations"]
+    assert none == 80 * s * b * h * (10 + 24 / t + 5 * a * s / (h * t))
+    assert full == 80 * 2 * s * b * h
+    assert sp == 80 * 34 * s * b * h / t
+    cfg = compose_config([*LLAMA_70B, "parallel.zero_stage=3"])
+    memory, n = plan(cfg, 1024, "h100_sxm", 0.4, "full")["memory"], 8_821_940_224
+    assert (memory["weights"], memory["gradients"], memory["optimizer"]) == (2 * n / 128, 2 * n / 128, 12 * n / 128)
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["parallel.tensor_parallel_size=16"], "parallel.tensor_parallel_size: 16 does not divide model.num_query_groups=8"),
+    (["parallel.tensor_parallel_size=3"], "parallel.tensor_parallel_size: tensor 3 x pipeline 1 = 3 does not divide"),
+    (["--data-parallel-size", "64"], "--data-parallel-size: tensor 8 x data 64 x pipeline 1 = 512, not the world"),
+    (["--world-size", "1000"], "train.global_batch_size: 1024 is not divisible by micro_batch_size x data-parallel"),
+])
+def test_a_bad_layout_is_one_line_naming_the_key_and_exit_2(args, expected):
+    result = pretrain_plan(*LLAMA_70B, *args)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], result.stderr
+
+
+@pytest.mark.parametrize("untie", [True, False], ids=["untied", "tied"])
+def test_parameter_arithmetic_equals_a_real_gpt_model(untie):
+    from pretrain.model.gpt import build_model, count_parameters
+
+    cfg = ModelConfig(num_layers=3, hidden_size=64, num_attention_heads=8, num_query_groups=2, ffn_hidden_size=96,
+                      seq_length=16, untie_embeddings_and_output_weights=untie)
+    with single_process_group():
+        assert count_parameters(build_model(cfg, 384, 1)) == total_parameters(cfg, 384)
+
+
+def _70b_shard_parameters() -> int:
+    """A real 70B GPTModel shard at TP=8, built on the meta device under a fake 1,024-rank group."""
+    import torch.distributed as dist
+    from megatron.core import parallel_state
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    from pretrain.model.gpt import build_model, count_parameters
+
+    dist.init_process_group("fake", world_size=1024, rank=0, store=FakeStore())
+    parallel_state.initialize_model_parallel(tensor_model_parallel_size=8, create_gloo_process_groups=False)
+    cfg = compose_config(LLAMA_70B).model
+    with torch.device("meta"):
+        model = build_model(cfg, padded_vocab_size(cfg.vocab_size, cfg, 8), 8, torch.bfloat16)
+    parallel_state.destroy_model_parallel()
+    dist.destroy_process_group()
+    return count_parameters(model)
+
+
+def test_per_gpu_parameters_equal_a_real_70b_shard_at_tp8():
+    cfg = compose_config(LLAMA_70B)
+    assert spawn(_70b_shard_parameters, 1, init_process_group=False) == [parameters_per_gpu(cfg, 129_024, 8, 1)]
