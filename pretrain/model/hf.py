@@ -229,18 +229,21 @@ def read_hf_weights(directory: str | Path) -> dict[str, torch.Tensor]:
     """All tensors of model.safetensors, or of the shards an index file names."""
     from safetensors.torch import load_file
 
+    weights = {}
+    for path in safetensors_files(directory):
+        weights.update(load_file(path))
+    return weights
+
+
+def safetensors_files(directory: str | Path) -> list[Path]:
+    """model.safetensors, or the shards model.safetensors.index.json names."""
     directory = Path(directory)
     index = directory / "model.safetensors.index.json"
     if index.is_file():
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-    elif (directory / "model.safetensors").is_file():
-        files = ["model.safetensors"]
-    else:
-        raise ConfigError(KEY, f"{directory} has no model.safetensors (or model.safetensors.index.json)")
-    weights = {}
-    for name in files:
-        weights.update(load_file(directory / name))
-    return weights
+        return [directory / name for name in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+    if (directory / "model.safetensors").is_file():
+        return [directory / "model.safetensors"]
+    raise ConfigError(KEY, f"{directory} has no model.safetensors (or model.safetensors.index.json)")
 
 
 # --- export ---------------------------------------------------------------------------------
@@ -338,16 +341,44 @@ def write_tokenizer(tokenizer, directory: Path, max_length: int) -> None:
 def check_init_from(cfg: ModelConfig, tokenizer_vocab_size: int) -> dict:
     """Check model.init_from's config against the model before any process starts; its config."""
     hf = read_hf_config(cfg.init_from)
-    check_hf_config(hf, cfg, cfg.vocab_size or tokenizer_vocab_size, Path(cfg.init_from) / "config.json")
-    read_hf_weights_index(cfg.init_from)
+    vocab_size = cfg.vocab_size or tokenizer_vocab_size
+    check_hf_config(hf, cfg, vocab_size, Path(cfg.init_from) / "config.json")
+    shapes = hf_tensor_shapes(cfg.init_from)
+    for name, shape in expected_hf_shapes(cfg, vocab_size).items():
+        if name not in shapes:
+            raise ConfigError(KEY, f"{cfg.init_from} has no tensor {name}")
+        if shapes[name] != shape:
+            raise ConfigError(KEY, f"{cfg.init_from}: {name} has shape {shapes[name]}, the model needs {shape}")
     return hf
 
 
-def read_hf_weights_index(directory: str | Path) -> None:
-    """Fail early (ConfigError) when the directory holds no safetensors weights."""
-    directory = Path(directory)
-    if not ((directory / "model.safetensors").is_file() or (directory / "model.safetensors.index.json").is_file()):
-        raise ConfigError(KEY, f"{directory} has no model.safetensors (or model.safetensors.index.json)")
+def hf_tensor_shapes(directory: str | Path) -> dict[str, tuple]:
+    """Name -> shape of every tensor in the directory's safetensors files, from their headers only."""
+    from safetensors import safe_open
+
+    shapes = {}
+    for path in safetensors_files(directory):
+        with safe_open(path, framework="pt") as f:
+            shapes.update({key: tuple(f.get_slice(key).get_shape()) for key in f.keys()})
+    return shapes
+
+
+def expected_hf_shapes(cfg: ModelConfig, vocab_size: int) -> dict[str, tuple]:
+    """The HF Llama tensor shapes of a model with this config."""
+    h, d = cfg.hidden_size, cfg.hidden_size // cfg.num_attention_heads
+    layer = {"input_layernorm.weight": (h,), "post_attention_layernorm.weight": (h,),
+             "self_attn.q_proj.weight": (cfg.num_attention_heads * d, h),
+             "self_attn.k_proj.weight": (cfg.num_query_groups * d, h),
+             "self_attn.v_proj.weight": (cfg.num_query_groups * d, h),
+             "self_attn.o_proj.weight": (h, cfg.num_attention_heads * d),
+             "mlp.gate_proj.weight": (cfg.ffn_hidden_size, h), "mlp.up_proj.weight": (cfg.ffn_hidden_size, h),
+             "mlp.down_proj.weight": (h, cfg.ffn_hidden_size)}
+    shapes = {"model.embed_tokens.weight": (vocab_size, h), "model.norm.weight": (h,)}
+    if cfg.untie_embeddings_and_output_weights:
+        shapes["lm_head.weight"] = (vocab_size, h)
+    for i in range(cfg.num_layers):
+        shapes.update({f"model.layers.{i}.{name}": shape for name, shape in layer.items()})
+    return shapes
 
 
 @torch.no_grad()

@@ -6,6 +6,7 @@ TP=1 under ZeRO-3. Everything is fp32, so logits agree to rounding.
 """
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -14,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from dist_utils import single_process_group
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from training_runs import losses, run_train, valid_losses
 from transformers import AutoTokenizer, LlamaForCausalLM
 
@@ -213,7 +214,14 @@ def test_init_from_at_tp1_under_zero3_starts_from_the_hf_weights(exports, data_r
 
 def test_bad_init_from_or_export_input_is_one_line_and_exit_2(exports, data_root, tmp_path):
     run_dir, source = exports["tp1_zero3"]
+    bad = tmp_path / "bad_shape"
+    shutil.copytree(source, bad)
+    weights = load_file(bad / "model.safetensors")
+    weights["model.layers.1.mlp.down_proj.weight"] = weights["model.layers.1.mlp.down_proj.weight"][:, :100].clone()
+    save_file(weights, bad / "model.safetensors")
     cases = [
+        (run_train(data_root, tmp_path / "c", f"model.init_from={bad}", "model.rotary_base=500", check=False),
+         "model.layers.1.mlp.down_proj.weight has shape (64, 100), the model needs (64, 176)"),
         (run_train(data_root, tmp_path / "a", f"model.init_from={tmp_path / 'missing'}", check=False),
          "model.init_from: "),
         (run_train(data_root, tmp_path / "b", f"model.init_from={source}", "model.rotary_base=500",
