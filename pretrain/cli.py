@@ -60,9 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("-m", "--multirun", action="store_true",
                              help="Sweep: one job per point of the overrides' comma lists, range(...), choice(...).")
         if words[0] == "export":
-            sub.add_argument("--step", type=int, default=None, help="Checkpoint step (default: the latest).")
-            sub.add_argument("--out", default=None, help="Output directory (default: RUN_DIR/hf/step_N).")
-            sub.add_argument("--tokenizer", default=None, help="Tokenizer directory (default: the run's data.root/tokenizer).")
+            add_export_options(sub)
         if words[0] == "plan":
             from pretrain.plan import add_options
 
@@ -80,6 +78,12 @@ def add_submit_options(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--dry-run", action="store_true", help="Print the sbatch script and the config; submit nothing.")
     sub.add_argument("--chain", type=int, default=1, metavar="N",
                      help="Submit N jobs, each starting after the previous one ends (runs longer than a time limit).")
+
+
+def add_export_options(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--step", type=int, default=None, help="Checkpoint step (default: the latest).")
+    sub.add_argument("--out", default=None, help="Output directory (default: RUN_DIR/hf/step_N).")
+    sub.add_argument("--tokenizer", default=None, help="Tokenizer directory (default: the run's data.root/tokenizer).")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -64,7 +64,7 @@ def test_checkpointing_modes_and_zero_stages_change_memory_as_the_formulas_say()
 
 
 @pytest.mark.parametrize("args, expected", [
-    (["parallel.tensor_parallel_size=16"], "parallel.tensor_parallel_size: 16 does not divide model.num_query_groups=8"),
+    (["parallel.tensor_parallel_size=16"], "tensor_parallel_size: 16 does not divide model.num_query_groups=8"),
     (["parallel.tensor_parallel_size=3"], "parallel.tensor_parallel_size: tensor 3 x pipeline 1 = 3 does not divide"),
     (["--data-parallel-size", "64"], "--data-parallel-size: tensor 8 x data 64 x pipeline 1 = 512, not the world"),
     (["--world-size", "1000"], "train.global_batch_size: 1024 is not divisible by micro_batch_size x data-parallel"),

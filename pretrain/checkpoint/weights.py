@@ -62,7 +62,8 @@ def _by_dp_rank(paths) -> list[Path]:
 
 def _parameters(module_state: dict) -> dict[str, torch.Tensor]:
     # megatron's layers add `_extra_state` entries (None or bytes) for Transformer Engine: not weights.
-    return {name: t for name, t in module_state.items() if isinstance(t, torch.Tensor) and not name.endswith("_extra_state")}
+    return {name: tensor for name, tensor in module_state.items()
+            if isinstance(tensor, torch.Tensor) and not name.endswith("_extra_state")}
 
 
 def gather_zero3(model_files: list[Path], optim_files: list[Path]) -> dict[str, torch.Tensor]:

@@ -45,6 +45,7 @@ class ModelConfig:
             raise ConfigError("model.num_query_groups",
                               f"{self.num_query_groups} does not divide num_attention_heads={self.num_attention_heads}")
         if not 0 <= self.freeze_layers <= self.num_layers:
-            raise ConfigError("model.freeze_layers", f"{self.freeze_layers} is not in [0, num_layers={self.num_layers}]")
+            raise ConfigError("model.freeze_layers",
+                              f"{self.freeze_layers} is not in [0, num_layers={self.num_layers}]")
         if (self.hidden_size // self.num_attention_heads) % 2:
             raise ConfigError("model.hidden_size", "the head dimension must be even for rotary embeddings")

@@ -1,4 +1,7 @@
-"""The Llama-style decoder as megatron-core's GPTModel: layer spec, config, build, loss, FLOPs.
+"""The Llama-style decoder as megatron-core's GPTModel: layer spec, config, build, loss.
+
+FLOP and parameter arithmetic lives in flops.py (no torch, for `pretrain plan`); the names
+used by the trainer are re-exported here.
 
 One block: x + Attn(RMSNorm(x)), then h + SwiGLU(RMSNorm(h)); grouped-query attention with
 rotary embeddings (megatron's non-interleaved convention, as in HF Llama), no biases, no
@@ -23,8 +26,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.transformer.transformer_layer import TransformerLayer, TransformerLayerSubmodules
 
 from pretrain.model.config import ModelConfig
-# Arithmetic without torch lives in flops.py; re-exported here for the trainer and tests.
-from pretrain.model.flops import flops_per_token, matmul_parameters, padded_vocab_size  # noqa: F401
+from pretrain.model.flops import flops_per_token, matmul_parameters, padded_vocab_size  # noqa: F401 (re-exported)
 from pretrain.model.norm import RMSNorm
 from pretrain.parallel import cpu_compat
 

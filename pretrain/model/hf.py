@@ -177,25 +177,41 @@ def _rope_theta(hf: dict) -> float | None:
     return hf.get("rope_theta", (hf.get("rope_parameters") or {}).get("rope_theta"))
 
 
+def _hf_values(hf: dict, cfg: ModelConfig) -> dict:
+    """The HF config's values for the keys we compare, with HF's defaults where a key is absent."""
+    return {
+        "hidden_size": hf.get("hidden_size"),
+        "num_hidden_layers": hf.get("num_hidden_layers"),
+        "num_attention_heads": hf.get("num_attention_heads"),
+        "num_key_value_heads": hf.get("num_key_value_heads", hf.get("num_attention_heads")),
+        "intermediate_size": hf.get("intermediate_size"),
+        "head_dim": hf.get("head_dim") or cfg.hidden_size // cfg.num_attention_heads,
+        "tie_word_embeddings": hf.get("tie_word_embeddings", False),
+        "vocab_size": hf.get("vocab_size"),
+        "rope_theta": float(_rope_theta(hf) or 10000.0),
+        "rms_norm_eps": float(hf.get("rms_norm_eps", 1e-6)),
+    }
+
+
 def check_hf_config(hf: dict, cfg: ModelConfig, vocab_size: int, where: Path) -> None:
     """Raise ConfigError naming the first key where the HF config and the model config differ."""
-    pairs = [
-        ("hidden_size", cfg.hidden_size, "model.hidden_size"),
-        ("num_hidden_layers", cfg.num_layers, "model.num_layers"),
-        ("num_attention_heads", cfg.num_attention_heads, "model.num_attention_heads"),
-        ("num_key_value_heads", cfg.num_query_groups, "model.num_query_groups"),
-        ("intermediate_size", cfg.ffn_hidden_size, "model.ffn_hidden_size"),
-        ("head_dim", cfg.hidden_size // cfg.num_attention_heads, "model.hidden_size / model.num_attention_heads"),
-        ("tie_word_embeddings", not cfg.untie_embeddings_and_output_weights,
-         "not model.untie_embeddings_and_output_weights"),
-        ("vocab_size", vocab_size, "the tokenizer's vocabulary (or model.vocab_size)"),
-    ]
-    defaults = {"num_key_value_heads": hf.get("num_attention_heads"), "head_dim": cfg.hidden_size // cfg.num_attention_heads,
-                "tie_word_embeddings": False}
-    for key, ours, our_key in pairs:
-        theirs = hf.get(key, defaults.get(key))
-        if theirs != ours:
-            raise ConfigError(KEY, f"{where}: {key}={theirs} differs from {our_key}={ours}")
+    ours = {  # HF key: (our value, where it comes from)
+        "hidden_size": (cfg.hidden_size, "model.hidden_size"),
+        "num_hidden_layers": (cfg.num_layers, "model.num_layers"),
+        "num_attention_heads": (cfg.num_attention_heads, "model.num_attention_heads"),
+        "num_key_value_heads": (cfg.num_query_groups, "model.num_query_groups"),
+        "intermediate_size": (cfg.ffn_hidden_size, "model.ffn_hidden_size"),
+        "head_dim": (cfg.hidden_size // cfg.num_attention_heads, "model.hidden_size / model.num_attention_heads"),
+        "tie_word_embeddings": (not cfg.untie_embeddings_and_output_weights,
+                                "not model.untie_embeddings_and_output_weights"),
+        "vocab_size": (vocab_size, "the tokenizer's vocabulary (or model.vocab_size)"),
+        "rope_theta": (float(cfg.rotary_base), "model.rotary_base"),
+        "rms_norm_eps": (float(cfg.norm_epsilon), "model.norm_epsilon"),
+    }
+    for key, theirs in _hf_values(hf, cfg).items():
+        value, our_key = ours[key]
+        if theirs != value:
+            raise ConfigError(KEY, f"{where}: {key}={theirs} differs from {our_key}={value}")
     if hf.get("model_type", "llama") != "llama" or hf.get("hidden_act", "silu") != "silu":
         raise ConfigError(KEY, f"{where}: not a Llama model (model_type={hf.get('model_type')}, "
                                f"hidden_act={hf.get('hidden_act')})")
@@ -205,11 +221,6 @@ def check_hf_config(hf: dict, cfg: ModelConfig, vocab_size: int, where: Path) ->
     rope_type = (hf.get("rope_scaling") or hf.get("rope_parameters") or {}).get("rope_type", "default")
     if rope_type != "default":
         raise ConfigError(KEY, f"{where}: rope scaling {rope_type!r} is not supported")
-    if _rope_theta(hf) is not None and float(_rope_theta(hf)) != float(cfg.rotary_base):
-        raise ConfigError(KEY, f"{where}: rope_theta={_rope_theta(hf)} differs from model.rotary_base={cfg.rotary_base}")
-    if float(hf.get("rms_norm_eps", cfg.norm_epsilon)) != float(cfg.norm_epsilon):
-        raise ConfigError(KEY, f"{where}: rms_norm_eps={hf['rms_norm_eps']} differs from "
-                               f"model.norm_epsilon={cfg.norm_epsilon}")
 
 
 def read_hf_config(directory: str | Path) -> dict:

@@ -233,3 +233,21 @@ def test_bad_init_from_or_export_input_is_one_line_and_exit_2(exports, data_root
         assert result.returncode == 2, result.stderr[-2000:]
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and expected in lines[0], result.stderr
+
+
+def test_hf_config_check_accepts_what_transformers_writes_and_names_a_mismatch(tmp_path):
+    from transformers import LlamaConfig
+
+    cfg = hf.model_config({"num_layers": 2, "hidden_size": 64, "num_attention_heads": 4, "num_query_groups": 2,
+                           "ffn_hidden_size": 176, "seq_length": 32, "rotary_base": 500})
+    ours = hf.hf_config(cfg, VOCAB, torch.float32, {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0})
+    LlamaConfig(**ours).save_pretrained(tmp_path)  # this transformers version's own layout of the keys
+    written = hf.read_hf_config(tmp_path)
+    hf.check_hf_config(written, cfg, VOCAB, tmp_path)
+    for key, value, message in [("num_key_value_heads", 4, "num_key_value_heads=4 differs from model.num_query_groups=2"),
+                                ("vocab_size", 640, "vocab_size=640 differs from the tokenizer's"),
+                                ("tie_word_embeddings", True, "tie_word_embeddings=True differs")]:
+        with pytest.raises(hf.ConfigError, match=message):
+            hf.check_hf_config({**written, key: value}, cfg, VOCAB, tmp_path)
+    with pytest.raises(hf.ConfigError, match="rope_theta=10000.0 differs from model.rotary_base=500"):
+        hf.check_hf_config(json.loads(json.dumps(ours).replace("500.0", "10000.0")), cfg, VOCAB, tmp_path)
