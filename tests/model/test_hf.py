@@ -244,9 +244,10 @@ def test_hf_config_check_accepts_what_transformers_writes_and_names_a_mismatch(t
     LlamaConfig(**ours).save_pretrained(tmp_path)  # this transformers version's own layout of the keys
     written = hf.read_hf_config(tmp_path)
     hf.check_hf_config(written, cfg, VOCAB, tmp_path)
-    for key, value, message in [("num_key_value_heads", 4, "num_key_value_heads=4 differs from model.num_query_groups=2"),
-                                ("vocab_size", 640, "vocab_size=640 differs from the tokenizer's"),
-                                ("tie_word_embeddings", True, "tie_word_embeddings=True differs")]:
+    mismatches = [("num_key_value_heads", 4, "num_key_value_heads=4 differs from model.num_query_groups=2"),
+                  ("vocab_size", 640, "vocab_size=640 differs from the tokenizer's"),
+                  ("tie_word_embeddings", True, "tie_word_embeddings=True differs")]
+    for key, value, message in mismatches:
         with pytest.raises(hf.ConfigError, match=message):
             hf.check_hf_config({**written, key: value}, cfg, VOCAB, tmp_path)
     with pytest.raises(hf.ConfigError, match="rope_theta=10000.0 differs from model.rotary_base=500"):
