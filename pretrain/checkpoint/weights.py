@@ -2,7 +2,7 @@
 
 DeepSpeed writes torch pickles. They are read with `weights_only=True`; the only classes
 allowed beyond tensors and containers are DeepSpeed's ZeRO-stage enum and its loss-scaler
-record, which the optimizer files carry (plain data, restored without running code).
+record, which the ZeRO-3 optimizer files carry (plain data, restored without running code).
 
 Layouts (one set per tensor-parallel rank `mp_rank_XX`):
 - ZeRO 0-2: `mp_rank_XX_model_states.pt` holds the module's full (per TP rank) weights in
@@ -23,16 +23,14 @@ from pretrain.errors import ConfigError
 _MP_RANK = re.compile(r"mp_rank_(\d+)")
 
 
-def _safe_classes() -> list:
+def load_file(path: Path, deepspeed_classes: bool = False) -> dict:
+    """torch.load with weights_only=True; optimizer files also need DeepSpeed's two data classes."""
+    if not deepspeed_classes:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     from deepspeed.runtime.fp16.loss_scaler import LossScaler
     from deepspeed.runtime.zero.config import ZeroStageEnum
 
-    return [ZeroStageEnum, LossScaler]
-
-
-def load_file(path: Path) -> dict:
-    """torch.load with weights_only=True, allowing DeepSpeed's two data classes."""
-    with torch.serialization.safe_globals(_safe_classes()):
+    with torch.serialization.safe_globals([ZeroStageEnum, LossScaler]):
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
 
 
@@ -70,7 +68,7 @@ def gather_zero3(model_files: list[Path], optim_files: list[Path]) -> dict[str, 
     """Reassemble one TP rank's parameters from its ZeRO-3 partitions (one file pair per DP rank)."""
     world = len(optim_files)
     model_state = load_file(model_files[0])
-    flats = [torch.cat([t.reshape(-1) for t in load_file(f)["optimizer_state_dict"]["fp32_flat_groups"]])
+    flats = [torch.cat([t.reshape(-1) for t in load_file(f, True)["optimizer_state_dict"]["fp32_flat_groups"]])
              for f in optim_files]
     weights, offset = {}, 0
     for group in model_state["param_shapes"]:

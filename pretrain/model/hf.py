@@ -166,7 +166,8 @@ def hf_config(cfg: ModelConfig, vocab_size: int, dtype: torch.dtype, special_ids
         "mlp_bias": False,
         "tie_word_embeddings": not cfg.untie_embeddings_and_output_weights,
         "initializer_range": cfg.init_method_std,
-        "torch_dtype": DTYPE_NAMES[dtype],
+        "torch_dtype": DTYPE_NAMES[dtype],  # transformers 4.x
+        "dtype": DTYPE_NAMES[dtype],  # 5.x
         "use_cache": True,
         **special_ids,
     }

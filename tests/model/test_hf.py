@@ -1,8 +1,9 @@
 """Hugging Face export and import against transformers' LlamaForCausalLM (the reference).
 
 Two training runs are exported: TP=1 with ZeRO-3 (dp=2), and TP=2 (dp=1) with a padded
-vocabulary. Two runs start from an export (model.init_from): TP=2 with frozen parts, and
-TP=1 under ZeRO-3. Everything is fp32, so logits agree to rounding.
+vocabulary. Two runs start from an export (model.init_from): TP=2 under ZeRO-3 with frozen
+parts (exported again afterwards), and TP=1 under ZeRO-2. Everything is fp32, so logits agree
+to rounding.
 """
 
 import json
@@ -182,7 +183,7 @@ def test_init_from_at_tp2_starts_from_the_hf_weights_and_keeps_frozen_parts_fixe
     run_dir = tmp_path / "transfer"
     common = ["train.train_steps=2", "train.save_interval=2", "model.rotary_base=500", f"model.init_from={source}",
               "model.freeze_embedding=true", "model.freeze_layers=1"]
-    result = run_train(data_root, run_dir, "parallel.tensor_parallel_size=2", *common)
+    result = run_train(data_root, run_dir, "parallel.tensor_parallel_size=2", "parallel.zero_stage=3", *common)
     assert f"initialized the model from {source}" in result.stdout
     tokens = tokens_of(data_root, "train", first_step_samples(run_dir))
     assert len(tokens) == 8
@@ -198,15 +199,16 @@ def test_init_from_at_tp2_starts_from_the_hf_weights_and_keeps_frozen_parts_fixe
     assert all(not torch.equal(before[k], after[k]) for k in trained)
 
     # The run has a checkpoint now: going on resumes it, and init_from is not loaded again.
-    result = run_train(data_root, run_dir, "parallel.tensor_parallel_size=2", *common, "train.train_steps=3")
+    result = run_train(data_root, run_dir, "parallel.tensor_parallel_size=2", "parallel.zero_stage=3", *common,
+                       "train.train_steps=3")
     assert "not loaded: the run directory has a checkpoint, resuming wins" in result.stdout
     assert "resuming from" in result.stdout and "initialized the model" not in result.stdout
 
 
-def test_init_from_at_tp1_under_zero3_starts_from_the_hf_weights(exports, data_root, tmp_path):
+def test_init_from_at_tp1_under_zero2_starts_from_the_hf_weights(exports, data_root, tmp_path):
     _, source = exports["tp2_padded_vocab"]  # its vocabulary padding was stripped: 512 rows
     run_dir = tmp_path / "continued"
-    run_train(data_root, run_dir, "train.train_steps=1", "parallel.zero_stage=3", "model.rotary_base=500",
+    run_train(data_root, run_dir, "train.train_steps=1", "parallel.zero_stage=2", "model.rotary_base=500",
               "train.eval_interval=0", f"model.init_from={source}")
     tokens = tokens_of(data_root, "train", first_step_samples(run_dir))
     assert losses(run_dir)[1] == pytest.approx(hf_loss(hf_model(source), tokens), abs=1e-5)
