@@ -254,3 +254,26 @@ def test_hf_config_check_accepts_what_transformers_writes_and_names_a_mismatch(t
             hf.check_hf_config({**written, key: value}, cfg, VOCAB, tmp_path)
     with pytest.raises(hf.ConfigError, match="rope_theta=10000.0 differs from model.rotary_base=500"):
         hf.check_hf_config(json.loads(json.dumps(ours).replace("500.0", "10000.0")), cfg, VOCAB, tmp_path)
+
+
+def test_tied_embeddings_export_without_lm_head_and_match_transformers(tmp_path, megatron_state):
+    from safetensors.torch import save_file
+
+    from pretrain.model.gpt import build_model
+    from pretrain.parallel.layout import set_seed
+
+    cfg = hf.model_config({"num_layers": 2, "hidden_size": 64, "num_attention_heads": 8, "num_query_groups": 2,
+                           "ffn_hidden_size": 96, "seq_length": 16, "rotary_base": 300,
+                           "untie_embeddings_and_output_weights": False})
+    set_seed(3)
+    ours = build_model(cfg, 384, 1).eval()  # 300 tokens padded to 384
+    weights = {k: v for k, v in ours.state_dict().items() if not k.endswith("_extra_state")}
+    tensors = hf.to_hf(weights, cfg, 300)
+    assert "lm_head.weight" not in tensors and tensors["model.embed_tokens.weight"].shape == (300, 64)
+    save_file(tensors, tmp_path / "model.safetensors")
+    (tmp_path / "config.json").write_text(json.dumps(hf.hf_config(cfg, 300, torch.float32, {})))
+    theirs = hf_model(tmp_path)
+    input_ids = torch.randint(0, 300, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        our_logits = ours(input_ids, torch.arange(16).expand_as(input_ids), None)[..., :300]
+        assert (our_logits - theirs(input_ids).logits).abs().max().item() <= 1e-4
