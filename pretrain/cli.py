@@ -84,6 +84,8 @@ def add_export_options(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--step", type=int, default=None, help="Checkpoint step (default: the latest).")
     sub.add_argument("--out", default=None, help="Output directory (default: RUN_DIR/hf/step_N).")
     sub.add_argument("--tokenizer", default=None, help="Tokenizer directory (default: the run's data.root/tokenizer).")
+    sub.add_argument("--max-shard-gb", type=float, default=5.0, help="Split model.safetensors into files of at most "
+                     "this many GiB, with an index (default 5).")
 
 
 def run(args: argparse.Namespace) -> int:

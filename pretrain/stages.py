@@ -3,7 +3,7 @@
 import os
 from pathlib import Path
 
-from pretrain.config import Config, compose_dict, validate
+from pretrain.config import Config, ConfigError, compose_dict, validate
 
 
 def clean(cfg: Config, args) -> int:
@@ -74,7 +74,9 @@ def export_hf(cfg: None, args) -> int:
     """`pretrain export hf RUN_DIR`: a checkpoint as a Hugging Face Llama directory."""
     from pretrain.model.hf import export
 
-    out = export(args.run_dir, args.step, args.out, args.tokenizer)
+    if args.max_shard_gb <= 0:
+        raise ConfigError("--max-shard-gb", f"must be > 0, got {args.max_shard_gb}")
+    out = export(args.run_dir, args.step, args.out, args.tokenizer, int(args.max_shard_gb * 2**30))
     print(f"exported {args.run_dir} -> {out} (LlamaForCausalLM: model.safetensors, config.json, tokenizer)")
     return 0
 

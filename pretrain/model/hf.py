@@ -261,10 +261,8 @@ def safetensors_files(directory: str | Path) -> list[Path]:
 # --- export ---------------------------------------------------------------------------------
 
 def export(run_dir: str | Path, step: int | None = None, out_dir: str | Path | None = None,
-           tokenizer_dir: str | Path | None = None) -> Path:
+           tokenizer_dir: str | Path | None = None, max_shard_bytes: int = 5 * 2**30) -> Path:
     """Write checkpoint `step` (default: latest) of `run_dir` as an HF Llama directory; returns it."""
-    from safetensors.torch import save_file
-
     from pretrain.checkpoint.weights import tensor_parallel_shards
     from pretrain.io import atomic_dir, write_json
 
@@ -281,7 +279,7 @@ def export(run_dir: str | Path, step: int | None = None, out_dir: str | Path | N
     special = {"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id, "pad_token_id": tokenizer.pad_id}
     out_dir = Path(out_dir or run_dir / "hf" / checkpoint.name)
     with atomic_dir(out_dir) as tmp:
-        save_file(tensors, tmp / "model.safetensors", metadata={"format": "pt"})
+        write_safetensors(tensors, tmp, max_shard_bytes)
         write_json(tmp / "config.json", hf_config(cfg, vocab_size, dtype, special))
         write_json(tmp / "generation_config.json", {**special, "max_length": cfg.seq_length})
         write_tokenizer(tokenizer, tmp, cfg.seq_length)
@@ -299,6 +297,34 @@ def _readable_by_all(directory: Path) -> None:
     directory.chmod(0o777 & ~umask)
     for path in directory.iterdir():
         path.chmod(0o666 & ~umask)
+
+
+def write_safetensors(tensors: dict[str, torch.Tensor], directory: Path, max_shard_bytes: int) -> None:
+    """model.safetensors, or shards of at most max_shard_bytes (a tensor is never split) and
+    model.safetensors.index.json, as transformers writes them."""
+    from safetensors.torch import save_file
+
+    from pretrain.io import write_json
+
+    shards, size = [{}], 0
+    for name, tensor in tensors.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = tensor
+        size += nbytes
+    if len(shards) == 1:
+        save_file(tensors, directory / "model.safetensors", metadata={"format": "pt"})
+        return
+    weight_map = {}
+    for index, shard in enumerate(shards, 1):
+        filename = f"model-{index:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, directory / filename, metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(shard, filename))
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    write_json(directory / "model.safetensors.index.json", index)
 
 
 def model_config(fields: dict) -> ModelConfig:
