@@ -6,10 +6,10 @@ and data-parallel rank r of dp takes indices r, r + dp, ... of each global batch
 resumed run, even on another dp size, reads exactly the samples an uninterrupted one would.
 """
 
+import bisect
 import collections
 import functools
 import operator
-import os
 import tarfile
 from pathlib import Path
 
@@ -19,7 +19,8 @@ import torch
 from pretrain.data.manifest import KEY, load_manifest
 from pretrain.errors import ConfigError
 
-# Shards open at once per ShardedSamples; reads use pread, so no file position is shared.
+# Shards mapped at once per ShardedSamples (memory maps: reads share no file position, and a
+# sample is a view of the page cache until a batch copies it).
 MAX_OPEN_SHARDS = 64
 
 
@@ -35,24 +36,59 @@ class ShardedSamples:
         shards = self.manifest["splits"][split]["shards"]
         self.paths = [self.dir / shard["path"] for shard in shards]
         self.starts = np.cumsum([0] + [shard["samples"] for shard in shards])
+        self._start_list, self._size = self.starts.tolist(), int(self.starts[-1])  # Python ints: quick per sample
         self.sample_length = self.manifest["sequence_length"] + 1
         # Offsets are found per shard on first use: constructing costs no shard reads.
         self._offsets: list[np.ndarray | None] = [None] * len(shards)
-        self._files: collections.OrderedDict[int, int] = collections.OrderedDict()
+        self._maps: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
+        self._row_views: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
         return int(self.starts[-1])
 
     def __getitem__(self, index) -> np.ndarray:
+        """Sample `index` as a read-only int32 view of its shard (copy it to keep it past close)."""
         index = operator.index(index)
         if not 0 <= index < len(self):
             raise IndexError(f"sample {index} out of range for {len(self)} {self.split} samples")
         shard = int(np.searchsorted(self.starts, index, side="right")) - 1
         offset = int(self._shard_offsets(shard)[index - self.starts[shard]])
-        out = np.empty(self.sample_length, dtype="<i4")
-        if os.preadv(self._fd(shard), [out], offset) != out.nbytes:
+        data = self._map(shard)[offset : offset + 4 * self.sample_length]
+        if len(data) != 4 * self.sample_length:
             raise ConfigError(KEY, f"shard {self.paths[shard]} is truncated")
+        return data.view("<i4")
+
+    def gather(self, indices: list[int]) -> np.ndarray:
+        """Samples [len(indices), sample_length] copied out of the shards' maps in one array.
+
+        Every sample of a shard is a tar member of the same size, so the samples lie at a fixed
+        stride and a shard reads as a strided [samples, sample_length] view of its map.
+        """
+        out = np.empty((len(indices), self.sample_length), dtype="<i4")
+        for row, index in enumerate(indices):
+            if not 0 <= index < self._size:
+                raise IndexError(f"sample {index} out of range for {self._size} {self.split} samples")
+            shard = bisect.bisect_right(self._start_list, index) - 1
+            out[row] = self._rows(shard)[index - self._start_list[shard]]
         return out
+
+    def _rows(self, shard: int) -> np.ndarray:
+        if shard not in self._row_views:
+            self._row_views[shard] = self._strided_rows(shard)
+        return self._row_views[shard]
+
+    def _strided_rows(self, shard: int) -> np.ndarray:
+        offsets = self._shard_offsets(shard)
+        strides = np.diff(offsets)
+        if len(strides) and (strides != strides[0]).any():  # not written by `pretrain data shard`
+            return np.stack([self[int(self.starts[shard]) + k] for k in range(len(offsets))])
+        stride = int(strides[0]) if len(strides) else 4 * self.sample_length
+        size = stride * (len(offsets) - 1) + 4 * self.sample_length
+        data = self._map(shard)[offsets[0] : offsets[0] + size]
+        if len(data) < size:
+            raise ConfigError(KEY, f"shard {self.paths[shard]} is truncated")
+        return np.lib.stride_tricks.as_strided(data.view("<i4"), shape=(len(offsets), self.sample_length),
+                                               strides=(stride, 4), writeable=False)
 
     def _shard_offsets(self, shard: int) -> np.ndarray:
         if self._offsets[shard] is None:
@@ -62,29 +98,26 @@ class ShardedSamples:
             self._offsets[shard] = _index_shard(path, self.sample_length, expected, first_key)
         return self._offsets[shard]
 
-    def _fd(self, shard: int) -> int:
-        if shard in self._files:
-            self._files.move_to_end(shard)
-            return self._files[shard]
-        if len(self._files) >= MAX_OPEN_SHARDS:
-            os.close(self._files.popitem(last=False)[1])
-        self._files[shard] = os.open(self.paths[shard], os.O_RDONLY)
-        return self._files[shard]
+    def _map(self, shard: int) -> np.ndarray:
+        if shard in self._maps:
+            self._maps.move_to_end(shard)
+            return self._maps[shard]
+        if len(self._maps) >= MAX_OPEN_SHARDS:
+            evicted, _ = self._maps.popitem(last=False)  # unmapped once no sample view refers to it
+            self._row_views.pop(evicted, None)
+        self._maps[shard] = np.memmap(self.paths[shard], dtype=np.uint8, mode="r")
+        return self._maps[shard]
 
     def close(self) -> None:
-        """Close the open shard files (reads reopen them)."""
-        while self._files:
-            os.close(self._files.popitem()[1])
+        """Drop the shard maps (reads map them again)."""
+        self._maps.clear()
+        self._row_views.clear()
 
     def __getstate__(self):
-        # File descriptors do not travel to another process; offsets do.
+        # Memory maps do not travel to another process; offsets do.
         state = self.__dict__.copy()
-        state["_files"] = collections.OrderedDict()
+        state["_maps"], state["_row_views"] = collections.OrderedDict(), {}
         return state
-
-    def __del__(self):
-        if getattr(self, "_files", None):
-            self.close()
 
 
 def _index_shard(path: Path, sample_length: int, expected: int, first_key: str) -> np.ndarray:
@@ -167,15 +200,15 @@ class TrainBatches:
         """This rank's micro-batches of the global batch at consumed_samples; then advance it."""
         start = self.consumed_samples
         indices = range(start + self.dp_rank, start + self.global_batch_size, self.dp_size)
-        ids = [self._sample_id(i) for i in indices]
         self.consumed_samples += self.global_batch_size
-        return _micro_batches(self.samples, ids, self.micro_batch_size)
+        return _micro_batches(self.samples, self._sample_ids(indices), self.micro_batch_size)
 
-    def _sample_id(self, index: int) -> int:
+    def _sample_ids(self, indices: range) -> list[int]:
         # A Mixture (pretrain.data.mixture) maps indices itself, with the seed it was built with.
         if hasattr(self.samples, "sample_id"):
-            return self.samples.sample_id(index)
-        return global_sample_id(index, len(self.samples), self.seed)
+            return [self.samples.sample_id(i) for i in indices]
+        num_samples = len(self.samples)
+        return [global_sample_id(i, num_samples, self.seed) for i in indices]
 
     def __iter__(self):
         return self
@@ -225,5 +258,5 @@ def _micro_batches(samples: ShardedSamples, ids: list[int], micro_batch_size: in
 
 
 def _micro_batch(samples: ShardedSamples, ids: list[int]) -> dict:
-    tokens = np.stack([samples[i] for i in ids])
-    return {"tokens": torch.from_numpy(tokens).long(), "sample_ids": torch.tensor(ids, dtype=torch.long)}
+    tokens = samples.gather(ids) if hasattr(samples, "gather") else np.stack([samples[i] for i in ids])
+    return {"tokens": torch.from_numpy(tokens).long(), "sample_ids": torch.from_numpy(np.array(ids, dtype=np.int64))}
