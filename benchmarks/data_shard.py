@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from pretrain.data import shard
 from pretrain.data.clean import clean_corpus, cleaned_files, read_cleaned
 from pretrain.data.config import CleanConfig, ShardConfig, TokenizerConfig
-from pretrain.data import shard
 from pretrain.data.shard import worker_count, write_shards
 from pretrain.tokenizers.segments import SegmentEncoder
 from pretrain.tokenizers.tokenizer import Tokenizer

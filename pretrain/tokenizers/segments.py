@@ -6,9 +6,9 @@ punctuation runs over and over. Encoding each distinct segment once and reusing 
 about twice as fast on the standard library's sources (`benchmarks/data_shard.py`).
 
 Why it is exact: SentencePiece's BPE merges two adjacent symbols only when their
-concatenation is a vocabulary piece. If no piece can span a split point, every symbol stays on one side of it, and each side
-merges in the same relative order as it would alone: the ids of the text are the ids of its
-segments, concatenated. Whether a piece can span a split point is not assumed from how the
+concatenation is a vocabulary piece. If no piece can span a split point, every symbol stays
+on one side of it, and each side merges in the same relative order as it would alone: the
+ids of the text are the ids of its segments, concatenated. Whether a piece can span a split point is not assumed from how the
 tokenizer was trained but checked against the vocabulary when the encoder is built: the
 split rules below put a split between two characters from those two characters alone, so a
 piece spans one exactly when splitting the piece itself cuts it. A rule that fails the check
