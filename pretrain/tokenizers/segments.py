@@ -8,10 +8,11 @@ about twice as fast on the standard library's sources (`benchmarks/data_shard.py
 Why it is exact: SentencePiece's BPE merges two adjacent symbols only when their
 concatenation is a vocabulary piece. If no piece can span a split point, every symbol stays
 on one side of it, and each side merges in the same relative order as it would alone: the
-ids of the text are the ids of its segments, concatenated. Whether a piece can span a split point is not assumed from how the
-tokenizer was trained but checked against the vocabulary when the encoder is built: the
-split rules below put a split between two characters from those two characters alone, so a
-piece spans one exactly when splitting the piece itself cuts it. A rule that fails the check
+ids of the text are the ids of its segments, concatenated. Whether a piece can span a split
+point is not assumed from how the tokenizer was trained but checked against the vocabulary
+when the encoder is built: the split rules below put a split between two characters from
+those two characters alone, so a piece spans one exactly when splitting the piece itself
+cuts it. A rule that fails the check
 is not used (no rule at all: plain SentencePiece).
 
 Only BPE models: unigram's Viterbi breaks ties between equally scored splits (runs of
