@@ -28,9 +28,10 @@ COMMANDS = {
     ("export", "hf"): ("pretrain.stages:export_hf",
                        "Write a run's checkpoint as a Hugging Face Llama directory (safetensors + tokenizer)."),
     ("plan",): ("pretrain.plan:run", "Check a parallel layout; print parameters, memory per GPU, FLOPs, step time."),
+    ("generate",): ("pretrain.stages:generate_text", "Continue prompts with a run's checkpoint (sampled or greedy)."),
 }
 # These take a run directory and compose its saved config (or none) instead of configs/.
-RUN_DIR_COMMANDS = {"resume", "status", "cancel", "report", "export"}
+RUN_DIR_COMMANDS = {"resume", "status", "cancel", "report", "export", "generate"}
 
 OVERRIDES_HELP = (
     "Hydra overrides, e.g. model=llama_125m optim.lr=3e-4 train.run_dir=runs/x. "
@@ -61,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
                              help="Sweep: one job per point of the overrides' comma lists, range(...), choice(...).")
         if words[0] == "export":
             add_export_options(sub)
+        if words[0] == "generate":
+            add_generate_options(sub)
         if words[0] == "plan":
             from pretrain.plan import add_options
 
@@ -86,6 +89,19 @@ def add_export_options(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--tokenizer", default=None, help="Tokenizer directory (default: the run's data.root/tokenizer).")
     sub.add_argument("--max-shard-gb", type=float, default=5.0, help="Split model.safetensors into files of at most "
                      "this many GiB, with an index (default 5).")
+
+
+def add_generate_options(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--prompt", action="append", default=[], help="Text to continue (repeat for several).")
+    sub.add_argument("--step", type=int, default=None, help="Checkpoint step (default: the latest).")
+    sub.add_argument("--max-new-tokens", type=int, default=64, help="Tokens to generate per prompt (default 64).")
+    sub.add_argument("--temperature", type=float, default=0.8, help="Softmax temperature (default 0.8).")
+    sub.add_argument("--top-k", type=int, default=40, help="Sample among the k likeliest tokens; 0: all (default 40).")
+    sub.add_argument("--top-p", type=float, default=1.0, help="Nucleus: the most likely tokens up to this "
+                     "probability mass (default 1: off).")
+    sub.add_argument("--greedy", action="store_true", help="Take the most likely token every time.")
+    sub.add_argument("--seed", type=int, default=0, help="Sampling seed (default 0).")
+    sub.add_argument("--tokenizer", default=None, help="Tokenizer directory (default: the run's data.root/tokenizer).")
 
 
 def run(args: argparse.Namespace) -> int:

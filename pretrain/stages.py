@@ -81,6 +81,44 @@ def export_hf(cfg: None, args) -> int:
     return 0
 
 
+def generate_text(cfg: None, args) -> int:
+    """`pretrain generate RUN_DIR --prompt ...`: continue prompts with a checkpoint of the run."""
+    _check_sampling(args)
+    from pretrain.train.quiet import silence_known_warnings
+
+    silence_known_warnings()
+    import torch
+
+    from pretrain.model.generate import generate, greedy, load_checkpoint_model
+    from pretrain.parallel.config import ParallelConfig
+    from pretrain.parallel.layout import init_distributed
+
+    init_distributed(ParallelConfig(), args.seed)  # one process, TP=1: megatron's layers need its state
+    model, tokenizer, model_cfg = load_checkpoint_model(args.run_dir, args.step, args.tokenizer)
+    generator = torch.Generator().manual_seed(args.seed)
+    for prompt in args.prompt:
+        if args.greedy:
+            ids = greedy(model, tokenizer.encode([prompt])[0], args.max_new_tokens, model_cfg.seq_length,
+                         tokenizer.vocab_size, tokenizer.eos_id, torch.device("cpu"))
+            text = tokenizer.decode([i for i in ids if i != tokenizer.eos_id])
+        else:
+            text = generate(model, tokenizer, prompt, args.max_new_tokens, model_cfg.seq_length, torch.device("cpu"),
+                            generator, args.temperature, args.top_k, args.top_p)
+        print(f"--- {prompt!r}\n{prompt}{text}")
+    return 0
+
+
+def _check_sampling(args) -> None:
+    if not args.prompt:
+        raise ConfigError("--prompt", "give at least one prompt")
+    if args.max_new_tokens <= 0:
+        raise ConfigError("--max-new-tokens", f"must be > 0, got {args.max_new_tokens}")
+    if args.temperature <= 0:
+        raise ConfigError("--temperature", f"must be > 0 (use --greedy for argmax), got {args.temperature}")
+    if not 0 < args.top_p <= 1:
+        raise ConfigError("--top-p", f"must be in (0, 1], got {args.top_p}")
+
+
 def demo(cfg: Config, args) -> int:
     """Every stage on the standard library's sources; stages whose output exists are skipped."""
     data = cfg.data

@@ -1,4 +1,9 @@
-"""Sampling text from a trained GPTModel (top-k, temperature), for demos and smoke checks."""
+"""Sampling text from a trained GPTModel (temperature, top-k, top-p, greedy), for demos, smoke checks
+and `pretrain generate RUN_DIR`.
+"""
+
+import json
+from pathlib import Path
 
 import torch
 from megatron.core import parallel_state
@@ -7,7 +12,7 @@ from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_regi
 
 @torch.no_grad()
 def generate(model, tokenizer, prompt: str, max_new_tokens: int, seq_length: int, device,
-             generator: torch.Generator, temperature: float = 0.8, top_k: int = 40) -> str:
+             generator: torch.Generator, temperature: float = 0.8, top_k: int = 40, top_p: float = 1.0) -> str:
     """Continue `prompt`; every tensor-parallel rank must call this with the same generator seed."""
     was_training = model.training
     model.eval()
@@ -16,7 +21,7 @@ def generate(model, tokenizer, prompt: str, max_new_tokens: int, seq_length: int
     for _ in range(max_new_tokens):
         context = torch.tensor([ids[-seq_length:]], dtype=torch.long, device=device)
         logits = next_token_logits(model, context)[: tokenizer.vocab_size]  # drop vocab padding
-        probs = torch.softmax(_top_k(logits.float() / temperature, top_k), dim=-1).cpu()
+        probs = torch.softmax(_top_p(_top_k(logits.float() / temperature, top_k), top_p), dim=-1).cpu()
         token = int(torch.multinomial(probs, 1, generator=generator))
         if token == tokenizer.eos_id:
             break
@@ -53,3 +58,38 @@ def _top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
         return logits
     threshold = torch.topk(logits, k).values[-1]
     return logits.masked_fill(logits < threshold, float("-inf"))
+
+
+def _top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Keep the smallest set of most likely tokens whose probabilities sum to at least p (nucleus)."""
+    if p >= 1.0:
+        return logits
+    sorted_logits, order = torch.sort(logits, descending=True)
+    cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
+    # A token stays when the probability mass before it is still below p (the first always stays).
+    drop_sorted = (cumulative - torch.softmax(sorted_logits, dim=-1)) >= p
+    drop = torch.zeros_like(drop_sorted).scatter(0, order, drop_sorted)  # back to vocabulary order
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def load_checkpoint_model(run_dir: str | Path, step: int | None = None, tokenizer_dir: str | None = None):
+    """(model, tokenizer, model config): a run's checkpoint as one TP=1 GPTModel in this process.
+
+    Any layout loads (tensor-parallel shards are merged, ZeRO-3 partitions gathered). megatron's
+    parallel state must be set up, for one process (pretrain.parallel.layout.init_distributed).
+    """
+    from pretrain.checkpoint.weights import tensor_parallel_shards
+    from pretrain.model import hf
+    from pretrain.model.gpt import build_model
+
+    run_dir = Path(run_dir)
+    checkpoint = hf.find_checkpoint(run_dir, step)
+    config = json.loads((checkpoint / "trainer_state.json").read_text())["config"]
+    cfg = hf.model_config(config["model"])
+    tokenizer = hf.open_tokenizer(Path(tokenizer_dir or f"{config['data']['root']}/tokenizer"))
+    weights = hf.merge_tensor_parallel(tensor_parallel_shards(checkpoint))
+    model = build_model(cfg, weights[hf.EMBEDDING].shape[0], 1)  # the vocabulary as padded in training
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if unexpected or any(not name.endswith("_extra_state") for name in missing):
+        raise ValueError(f"{checkpoint} does not fit the model: missing {missing}, unexpected {unexpected}")
+    return model.eval(), tokenizer, cfg

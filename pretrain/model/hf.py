@@ -267,11 +267,11 @@ def export(run_dir: str | Path, step: int | None = None, out_dir: str | Path | N
     from pretrain.io import atomic_dir, write_json
 
     run_dir = Path(run_dir)
-    checkpoint = _checkpoint_dir(run_dir, step)
+    checkpoint = find_checkpoint(run_dir, step)
     config = json.loads((checkpoint / "trainer_state.json").read_text())["config"]
     cfg = model_config(config["model"])
     tokenizer_dir = Path(tokenizer_dir or f"{config['data']['root']}/tokenizer")
-    tokenizer = _tokenizer(tokenizer_dir)
+    tokenizer = open_tokenizer(tokenizer_dir)
     vocab_size = cfg.vocab_size or tokenizer.vocab_size
     dtype = DTYPES[config["train"]["precision"]]
     weights = merge_tensor_parallel(tensor_parallel_shards(checkpoint))
@@ -333,7 +333,8 @@ def model_config(fields: dict) -> ModelConfig:
     return ModelConfig(**{k: v for k, v in fields.items() if k in known})
 
 
-def _checkpoint_dir(run_dir: Path, step: int | None) -> Path:
+def find_checkpoint(run_dir: Path, step: int | None) -> Path:
+    """The folder of checkpoint `step` (default: latest) of a run; one-line errors otherwise."""
     from pretrain.checkpoint import store
 
     if not (run_dir / "config.yaml").is_file():
@@ -345,7 +346,8 @@ def _checkpoint_dir(run_dir: Path, step: int | None) -> Path:
     return store.checkpoints_dir(run_dir) / tag
 
 
-def _tokenizer(directory: Path):
+def open_tokenizer(directory: Path):
+    """The tokenizer of an exported or sampled checkpoint; --tokenizer names it when it moved."""
     from pretrain.tokenizers.tokenizer import Tokenizer
 
     try:

@@ -20,7 +20,6 @@ from safetensors.torch import load_file, save_file
 from training_runs import losses, run_train, valid_losses
 from transformers import AutoTokenizer, LlamaForCausalLM
 
-from pretrain.checkpoint.weights import tensor_parallel_shards
 from pretrain.data.loader import ShardedSamples
 from pretrain.model import hf
 from pretrain.model.flops import flops_per_token
@@ -84,15 +83,9 @@ def hf_loss(model, tokens: torch.Tensor) -> float:
 
 def our_model(run_dir):
     """Our GPTModel (TP=1) holding the run's latest checkpoint, merged from its shards."""
-    from pretrain.model.gpt import build_model
+    from pretrain.model.generate import load_checkpoint_model
 
-    checkpoint = run_dir / "checkpoints" / (run_dir / "checkpoints" / "latest").read_text().strip()
-    config = json.loads((checkpoint / "trainer_state.json").read_text())["config"]
-    cfg = hf.model_config(config["model"])
-    weights = hf.merge_tensor_parallel(tensor_parallel_shards(checkpoint))
-    model = build_model(cfg, weights[hf.EMBEDDING].shape[0], 1).eval()
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    assert not unexpected and all(name.endswith("_extra_state") for name in missing), (missing, unexpected)
+    model, _, cfg = load_checkpoint_model(run_dir)
     return model, cfg
 
 

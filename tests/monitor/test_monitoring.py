@@ -133,3 +133,33 @@ def test_report_of_a_folder_without_metrics_is_one_line(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "metrics.jsonl does not exist" in result.stderr
+
+
+def generate(run_dir, *options):
+    return subprocess.run([sys.executable, "-m", "pretrain.cli", "generate", str(run_dir), *options],
+                          capture_output=True, text=True)
+
+
+def test_generate_continues_prompts_from_a_checkpoint(monitored_run):
+    run_dir, _ = monitored_run
+    greedy = generate(run_dir, "--prompt", "def main(", "--prompt", "import ", "--greedy", "--max-new-tokens", "6")
+    assert greedy.returncode == 0, greedy.stderr
+    assert "--- 'def main('\ndef main(" in greedy.stdout and "--- 'import '\nimport " in greedy.stdout
+    assert generate(run_dir, "--prompt", "def main(", "--prompt", "import ", "--greedy",
+                    "--max-new-tokens", "6").stdout == greedy.stdout  # greedy is deterministic
+    sampled = [generate(run_dir, "--prompt", "class ", "--seed", str(seed), "--top-p", "0.9", "--step", "4").stdout
+               for seed in (1, 1)]
+    assert sampled[0] == sampled[1] and sampled[0].startswith("--- 'class '\nclass ")
+
+
+@pytest.mark.parametrize("options, key", [
+    (["--prompt", "x", "--top-p", "0"], "--top-p"),
+    (["--prompt", "x", "--temperature", "0"], "--temperature"),
+    (["--prompt", "x", "--step", "5"], "--step"),  # no checkpoint at step 5
+    ([], "--prompt"),
+])
+def test_generate_bad_options_are_one_line(monitored_run, options, key):
+    run_dir, _ = monitored_run
+    result = generate(run_dir, *options)
+    assert result.returncode == 2 and result.stderr.startswith(f"pretrain: error: {key}")
+    assert result.stderr.count("\n") == 1
