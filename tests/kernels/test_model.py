@@ -1,0 +1,121 @@
+"""model.kernels: the choice, where it lands in megatron's GPTModel, and same loss and gradients as torch."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import DEVICE, TOLERANCES
+from dist_utils import single_process_group
+
+from pretrain.errors import ConfigError
+from pretrain.kernels import resolve, select_kernels
+from pretrain.model.config import ModelConfig
+from pretrain.model.gpt import build_model, language_model_loss, transformer_config
+from pretrain.model.norm import RMSNorm
+from pretrain.parallel.layout import set_seed
+
+VOCAB = 128
+
+
+@pytest.fixture(scope="module", autouse=True)
+def megatron_state():
+    with single_process_group() as layout:
+        yield layout
+
+
+def tiny(kernels: str) -> ModelConfig:
+    return ModelConfig(num_layers=2, hidden_size=32, num_attention_heads=4, num_query_groups=2,
+                       ffn_hidden_size=48, seq_length=16, kernels=kernels)
+
+
+def loss_and_grads(model, tokens):
+    loss = language_model_loss(model, tokens)
+    loss.backward()
+    return loss.detach(), {name: p.grad for name, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("untie", [True, False], ids=["untied", "tied"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_triton_model_gives_the_torch_models_loss_and_gradients(dtype, untie):
+    models = {}
+    for kernels in ("torch", "triton"):
+        set_seed(0)
+        cfg = tiny(kernels)
+        cfg.untie_embeddings_and_output_weights = untie
+        models[kernels] = build_model(cfg, VOCAB, 1, params_dtype=dtype)
+    models["triton"].load_state_dict(models["torch"].state_dict())
+    tokens = torch.randint(0, VOCAB, (2, 17), generator=torch.Generator().manual_seed(0)).to(DEVICE)
+    expected_loss, expected_grads = loss_and_grads(models["torch"], tokens)
+    loss, grads = loss_and_grads(models["triton"], tokens)
+    tolerance = TOLERANCES[dtype]
+    torch.testing.assert_close(loss, expected_loss, **tolerance)
+    assert grads.keys() == expected_grads.keys()
+    for name, grad in grads.items():
+        expected = expected_grads[name]
+        # Gradients are small numbers: bf16's tolerance applies relative to each tensor's scale.
+        scale = expected.abs().max().item()
+        torch.testing.assert_close(grad.float(), expected.float(), atol=tolerance["atol"] * scale,
+                                   rtol=tolerance["rtol"], msg=name)
+
+
+def test_triton_choice_lands_in_the_spec_config_and_loss():
+    from pretrain.kernels.cross_entropy import fused_language_model_loss
+    from pretrain.kernels.rmsnorm import TritonRMSNorm
+    from pretrain.kernels.swiglu import TritonSwiGLUMLP
+
+    set_seed(0)
+    model = build_model(tiny("triton"), VOCAB, 1)
+    layer = model.decoder.layers[0]
+    assert type(layer.input_layernorm) is TritonRMSNorm and type(layer.pre_mlp_layernorm) is TritonRMSNorm
+    assert type(model.decoder.final_layernorm) is TritonRMSNorm
+    assert type(layer.mlp) is TritonSwiGLUMLP
+    assert model.config.apply_rope_fusion
+    assert model.output_loss is fused_language_model_loss
+
+    torch_model = build_model(tiny("torch"), VOCAB, 1)
+    assert type(torch_model.decoder.layers[0].input_layernorm) is RMSNorm
+    assert not torch_model.config.apply_rope_fusion and torch_model.output_loss is None
+
+
+def test_fused_norm_keeps_the_sequence_parallel_flag():
+    norm_class = select_kernels("triton").norm
+    norm = norm_class(config=transformer_config(tiny("triton"), 2, sequence_parallel=True), hidden_size=32, eps=1e-5)
+    assert norm.weight.sequence_parallel
+    norm = norm_class(config=transformer_config(tiny("triton"), 1, sequence_parallel=True), hidden_size=32, eps=1e-5)
+    assert not norm.weight.sequence_parallel
+
+
+def test_auto_resolves_to_what_this_host_has():
+    try:
+        import apex.normalization  # noqa: F401
+
+        has_apex = True
+    except ImportError:
+        has_apex = False
+    expected = "triton" if torch.cuda.is_available() else ("apex" if has_apex else "torch")
+    assert resolve("auto") == expected
+    assert resolve("torch") == "torch"
+
+
+def test_bad_or_unavailable_choices_name_the_key(monkeypatch):
+    with pytest.raises(ConfigError, match="model.kernels"):
+        ModelConfig(kernels="fast")
+    try:
+        import apex.normalization  # noqa: F401
+    except ImportError:
+        with pytest.raises(ConfigError, match="model.kernels: NVIDIA apex is not installed"):
+            resolve("apex")
+    if not torch.cuda.is_available():
+        monkeypatch.delenv("TRITON_INTERPRET")
+        with pytest.raises(ConfigError, match="model.kernels: triton kernels need a CUDA GPU"):
+            resolve("triton")
+
+
+def test_cli_rejects_an_unknown_choice_in_one_line_with_exit_2(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "pretrain.cli", "train", "model.kernels=fast",
+                             f"data.root={tmp_path}/data"],
+                            capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "pretrain: error: model.kernels: must be one of auto, triton, apex, torch, got 'fast'"]
