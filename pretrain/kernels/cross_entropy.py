@@ -96,23 +96,26 @@ def _grad_kernel(logits_ptr, labels_ptr, max_ptr, sum_exp_ptr, scale_ptr, grad_p
 class ChunkCrossEntropyTriton:
     """Per-chunk softmax statistics and gradient as Triton kernels (one program per token)."""
 
-    @staticmethod
-    def stats(logits, local_labels, in_range):
+    max_block = 4096
+    """Vocabulary entries a program loads at once; a row longer than that is walked block by block."""
+
+    @classmethod
+    def stats(cls, logits, local_labels, in_range):
         rows, cols = logits.shape
         row_max, sum_exp, target = (torch.empty(rows, dtype=torch.float32, device=logits.device) for _ in range(3))
-        _stats_kernel[(rows,)](logits, local_labels, row_max, sum_exp, target, cols, BLOCK=_block(cols))
+        _stats_kernel[(rows,)](logits, local_labels, row_max, sum_exp, target, cols, BLOCK=cls._block(cols))
         return row_max, sum_exp, target
 
-    @staticmethod
-    def grad(logits, local_labels, in_range, row_max, sum_exp, scale, dtype):
+    @classmethod
+    def grad(cls, logits, local_labels, in_range, row_max, sum_exp, scale, dtype):
         rows, cols = logits.shape
         grad = logits if dtype == torch.float32 else torch.empty_like(logits, dtype=dtype)
-        _grad_kernel[(rows,)](logits, local_labels, row_max, sum_exp, scale, grad, cols, BLOCK=_block(cols))
+        _grad_kernel[(rows,)](logits, local_labels, row_max, sum_exp, scale, grad, cols, BLOCK=cls._block(cols))
         return grad
 
-
-def _block(cols: int) -> int:
-    return min(4096, triton.next_power_of_2(cols))
+    @classmethod
+    def _block(cls, cols: int) -> int:
+        return min(cls.max_block, triton.next_power_of_2(cols))
 
 
 def _combine_over_tp(row_max, sum_exp, target, group):
