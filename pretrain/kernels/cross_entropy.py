@@ -26,6 +26,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from pretrain.kernels.launch import num_warps
+
 IGNORE_INDEX = -100
 CHUNK_LOGITS = 2**26
 """Logits per chunk (256 MiB in fp32): tokens per chunk = CHUNK_LOGITS // vocabulary slice."""
@@ -103,14 +105,18 @@ class ChunkCrossEntropyTriton:
     def stats(cls, logits, local_labels, in_range):
         rows, cols = logits.shape
         row_max, sum_exp, target = (torch.empty(rows, dtype=torch.float32, device=logits.device) for _ in range(3))
-        _stats_kernel[(rows,)](logits, local_labels, row_max, sum_exp, target, cols, BLOCK=cls._block(cols))
+        block = cls._block(cols)
+        _stats_kernel[(rows,)](logits, local_labels, row_max, sum_exp, target, cols, BLOCK=block,
+                               num_warps=num_warps(block))
         return row_max, sum_exp, target
 
     @classmethod
     def grad(cls, logits, local_labels, in_range, row_max, sum_exp, scale, dtype):
         rows, cols = logits.shape
         grad = logits if dtype == torch.float32 else torch.empty_like(logits, dtype=dtype)
-        _grad_kernel[(rows,)](logits, local_labels, row_max, sum_exp, scale, grad, cols, BLOCK=cls._block(cols))
+        block = cls._block(cols)
+        _grad_kernel[(rows,)](logits, local_labels, row_max, sum_exp, scale, grad, cols, BLOCK=block,
+                              num_warps=num_warps(block))
         return grad
 
     @classmethod
@@ -192,6 +198,8 @@ def linear_cross_entropy(
             hidden = mappings.copy_to_tensor_model_parallel_region(hidden, tp_group)
     else:
         tp_group = None
+    if not torch.is_grad_enabled():  # evaluation: skip the gradient work done in the forward
+        hidden, weight = hidden.detach(), weight.detach()
     if hidden.shape[0] != labels.shape[0]:
         raise ValueError(f"hidden has {hidden.shape[0]} tokens, labels {labels.shape[0]}")
     chunk_tokens = chunk_tokens or max(1, CHUNK_LOGITS // weight.shape[0])

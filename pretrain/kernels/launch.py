@@ -14,3 +14,8 @@ def num_programs(n_rows: int, device: torch.device) -> int:
     else:
         target = 4
     return max(1, min(n_rows, target))
+
+
+def num_warps(block: int) -> int:
+    """Warps for a program that holds `block` elements in registers: about 16 fp32 values per thread."""
+    return max(1, min(16, block // 512))

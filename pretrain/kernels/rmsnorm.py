@@ -9,7 +9,7 @@ import torch
 import triton
 import triton.language as tl
 
-from pretrain.kernels.launch import num_programs
+from pretrain.kernels.launch import num_programs, num_warps
 from pretrain.model.norm import RMSNorm
 
 
@@ -67,7 +67,7 @@ class _RMSNormFunction(torch.autograd.Function):
         y = torch.empty_like(x2d)
         rstd = torch.empty(n_rows, dtype=torch.float32, device=x.device)
         block = triton.next_power_of_2(n_cols)
-        _forward_kernel[(n_rows,)](x2d, weight, y, rstd, n_cols, eps, BLOCK=block)
+        _forward_kernel[(n_rows,)](x2d, weight, y, rstd, n_cols, eps, BLOCK=block, num_warps=num_warps(block))
         ctx.save_for_backward(x2d, weight, rstd)
         return y.view(shape)
 
@@ -80,8 +80,9 @@ class _RMSNormFunction(torch.autograd.Function):
         programs = num_programs(n_rows, x2d.device)
         rows_per_program = triton.cdiv(n_rows, programs)
         dw_partial = torch.empty(programs, n_cols, dtype=torch.float32, device=x2d.device)
+        block = triton.next_power_of_2(n_cols)
         _backward_kernel[(programs,)](dy2d, x2d, weight, rstd, dx, dw_partial, n_rows, n_cols,
-                                      rows_per_program, BLOCK=triton.next_power_of_2(n_cols))
+                                      rows_per_program, BLOCK=block, num_warps=num_warps(block))
         return dx.view(dy.shape), dw_partial.sum(0).to(weight.dtype), None
 
 
