@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 from conftest import DEVICE, TOLERANCES
-from dist_utils import single_process_group
+from dist_utils import single_process_group, spawn
 
 from pretrain.errors import ConfigError
 from pretrain.kernels import resolve, select_kernels
@@ -29,6 +29,10 @@ def tiny(kernels: str) -> ModelConfig:
                        ffn_hidden_size=48, seq_length=16, kernels=kernels)
 
 
+def fixed_tokens():
+    return torch.randint(0, VOCAB, (2, 17), generator=torch.Generator().manual_seed(0)).to(DEVICE)
+
+
 def loss_and_grads(model, tokens):
     loss = language_model_loss(model, tokens)
     loss.backward()
@@ -45,7 +49,7 @@ def test_triton_model_gives_the_torch_models_loss_and_gradients(dtype, untie):
         cfg.untie_embeddings_and_output_weights = untie
         models[kernels] = build_model(cfg, VOCAB, 1, params_dtype=dtype)
     models["triton"].load_state_dict(models["torch"].state_dict())
-    tokens = torch.randint(0, VOCAB, (2, 17), generator=torch.Generator().manual_seed(0)).to(DEVICE)
+    tokens = fixed_tokens()
     expected_loss, expected_grads = loss_and_grads(models["torch"], tokens)
     loss, grads = loss_and_grads(models["triton"], tokens)
     tolerance = TOLERANCES[dtype]
@@ -119,3 +123,38 @@ def test_cli_rejects_an_unknown_choice_in_one_line_with_exit_2(tmp_path):
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().splitlines() == [
         "pretrain: error: model.kernels: must be one of auto, triton, apex, torch, got 'fast'"]
+
+
+def tp2_triton_model_results() -> dict:
+    """On each of 2 ranks: loss and this rank's output-layer gradient of the TP=2 kernels=triton model."""
+    from pretrain.parallel.config import ParallelConfig
+    from pretrain.parallel.layout import destroy_distributed, init_distributed
+
+    init_distributed(ParallelConfig(tensor_parallel_size=2), seed=0)
+    results = {}
+    try:
+        for sequence_parallel in (False, True):
+            set_seed(0)
+            model = build_model(tiny("triton"), VOCAB, 2, sequence_parallel=sequence_parallel)
+            loss, grads = loss_and_grads(model, fixed_tokens())
+            results[sequence_parallel] = (loss, grads["output_layer.weight"])
+    finally:
+        destroy_distributed()
+    return results
+
+
+@pytest.mark.parametrize("sequence_parallel", [False, True], ids=["tp2", "tp2+sp"])
+def test_tp2_triton_model_matches_the_tp1_torch_model(tp2_results, sequence_parallel):
+    set_seed(0)
+    model = build_model(tiny("torch"), VOCAB, 1)
+    expected_loss, expected_grads = loss_and_grads(model, fixed_tokens())
+    ranks = [result[sequence_parallel] for result in tp2_results]
+    for loss, _ in ranks:
+        torch.testing.assert_close(loss, expected_loss, **TOLERANCES[torch.float32])
+    output_grad = torch.cat([grad for _, grad in ranks])  # each rank holds a vocabulary slice
+    torch.testing.assert_close(output_grad, expected_grads["output_layer.weight"], **TOLERANCES[torch.float32])
+
+
+@pytest.fixture(scope="module")
+def tp2_results():
+    return spawn(tp2_triton_model_results, 2, init_process_group=False)
