@@ -11,13 +11,7 @@ import triton.language as tl
 
 from pretrain.kernels.launch import num_programs, num_warps
 from pretrain.model.norm import RMSNorm
-
-
-def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """Plain torch RMSNorm over the last dimension, fp32 inside."""
-    x_fp32 = x.float()
-    normed = x_fp32 * torch.rsqrt(x_fp32.pow(2).mean(-1, keepdim=True) + eps)
-    return (normed * weight.float()).to(x.dtype)
+from pretrain.model.norm import rms_norm as rms_norm_reference  # noqa: F401 (the torch model's norm is the reference)
 
 
 @triton.jit

@@ -9,7 +9,6 @@ folder is collected, is early enough. Spawned test processes inherit it.
 import os
 import sys
 
-import pytest
 import torch
 
 TRITON_MODULES = ("pretrain.kernels.rmsnorm", "pretrain.kernels.rope", "pretrain.kernels.swiglu",
@@ -19,16 +18,3 @@ if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
     imported = [name for name in TRITON_MODULES if name in sys.modules]
     assert not imported, f"{imported} were imported before TRITON_INTERPRET was set"
-
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-
-TOLERANCES = {
-    torch.float32: dict(atol=1e-5, rtol=1e-5),
-    # bf16 outputs against the fp32 reference on the same (bf16-valued) inputs: about two ulps.
-    torch.bfloat16: dict(atol=2e-2, rtol=2e-2),
-}
-
-
-@pytest.fixture
-def device() -> str:
-    return DEVICE

@@ -6,7 +6,7 @@ and without sequence parallelism (then each rank also holds half of the tokens).
 
 import pytest
 import torch
-from conftest import TOLERANCES
+from kernel_parity import TOLERANCES, interpreted_children
 from dist_utils import spawn
 
 from pretrain.kernels import cross_entropy
@@ -52,7 +52,8 @@ def tp_rank_results() -> dict:
 
 @pytest.fixture(scope="module")
 def rank_results():
-    return spawn(tp_rank_results, 2)
+    with interpreted_children():
+        return spawn(tp_rank_results, 2)
 
 
 @pytest.mark.parametrize("sequence_parallel", [False, True], ids=["tp", "tp+sp"])

@@ -1,7 +1,17 @@
 """Comparing a kernel with its torch reference: same input values, same upstream gradient."""
 
+import os
+from contextlib import contextmanager
+
 import torch
-from conftest import TOLERANCES
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+TOLERANCES = {
+    torch.float32: dict(atol=1e-5, rtol=1e-5),
+    # bf16 results against the fp32 reference on the same (bf16-valued) inputs: about two ulps.
+    torch.bfloat16: dict(atol=2e-2, rtol=2e-2),
+}
 
 
 def leaves(tensors, dtype):
@@ -23,3 +33,17 @@ def assert_matches_reference(kernel, reference, inputs, dtype):
         if mine.is_floating_point():
             assert mine.grad.dtype == dtype
             torch.testing.assert_close(mine.grad.float(), ref.grad, **TOLERANCES[dtype])
+
+
+@contextmanager
+def interpreted_children():
+    """Processes started inside run Triton in the interpreter: their ranks compute on CPU tensors (gloo)."""
+    saved = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ["TRITON_INTERPRET"]
+        else:
+            os.environ["TRITON_INTERPRET"] = saved
