@@ -26,6 +26,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from pretrain.errors import ConfigError
 from pretrain.kernels.launch import num_warps
 
 IGNORE_INDEX = -100
@@ -234,6 +235,10 @@ def fused_language_model_loss(model, labels: torch.Tensor, **inputs) -> torch.Te
         weight = gpt.shared_embedding_or_output_weight()
     else:
         weight = gpt.output_layer.weight
+    if hasattr(weight, "ds_id"):
+        # ZeRO-3 gathers a weight only inside its own module's forward, which the fused loss skips.
+        raise ConfigError("model.kernels", "the fused Triton loss does not work with parallel.zero_stage=3; "
+                                           "use zero_stage <= 2 or model.kernels=torch")
     from megatron.core import parallel_state
 
     return linear_cross_entropy(hidden.reshape(-1, hidden.shape[-1]), weight, labels.t().reshape(-1),

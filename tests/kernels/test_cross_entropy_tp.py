@@ -6,8 +6,8 @@ and without sequence parallelism (then each rank also holds half of the tokens).
 
 import pytest
 import torch
-from kernel_parity import TOLERANCES, interpreted_children
 from dist_utils import spawn
+from kernel_parity import TOLERANCES, interpreted_children
 
 from pretrain.kernels import cross_entropy
 

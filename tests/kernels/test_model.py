@@ -5,8 +5,8 @@ import sys
 
 import pytest
 import torch
-from kernel_parity import DEVICE, TOLERANCES
 from dist_utils import single_process_group, spawn
+from kernel_parity import DEVICE, TOLERANCES
 
 from pretrain.errors import ConfigError
 from pretrain.kernels import resolve, select_kernels
