@@ -7,6 +7,7 @@ import pytest
 import torch
 from dist_utils import single_process_group, spawn
 from kernel_parity import DEVICE, TOLERANCES
+from training_runs import run_train
 
 from pretrain.errors import ConfigError
 from pretrain.kernels import resolve, select_kernels
@@ -160,3 +161,17 @@ def test_tp2_triton_model_matches_the_tp1_torch_model(tp2_results, sequence_para
 @pytest.fixture(scope="module")
 def tp2_results():
     return spawn(tp2_triton_model_results, 2, init_process_group=False)
+
+
+def test_training_with_kernels_apex_but_no_apex_stops_in_one_line_with_exit_2(dataset_dir, tmp_path):
+    try:
+        import apex.normalization  # noqa: F401
+
+        pytest.skip("apex is installed here")
+    except ImportError:
+        pass
+    result = run_train(dataset_dir.parent, tmp_path / "run", "model.kernels=apex", nproc=1, check=False)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines() == [
+        "pretrain: error: model.kernels: NVIDIA apex is not installed (it is built from source or comes in NGC "
+        "containers); use auto, triton or torch"]
