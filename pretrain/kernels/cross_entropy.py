@@ -18,6 +18,7 @@ Triton kernel pair (statistics, then gradient written straight in the matmul dty
 GPU, or the same steps in torch (`ChunkCrossEntropyTorch`) for hosts without Triton.
 """
 
+import warnings
 from contextlib import contextmanager
 
 import torch
@@ -26,7 +27,6 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from pretrain.errors import ConfigError
 from pretrain.kernels.launch import num_warps
 
 IGNORE_INDEX = -100
@@ -229,18 +229,23 @@ def fused_language_model_loss(model, labels: torch.Tensor, **inputs) -> torch.Te
     """Mean loss over labels [b, s] of a megatron GPTModel (or a wrapper of one) run on `inputs`,
     with the fused output layer + CE in place of megatron's logits and loss."""
     gpt = _unwrap(model)
+    weight = _output_weight(gpt)
+    if hasattr(weight, "ds_id"):
+        # ZeRO-3 gathers a weight only inside its own module's forward, which the fused loss
+        # bypasses: such a model keeps megatron's logits + loss.
+        warnings.warn("ZeRO stage 3: the fused output layer + loss is not used (megatron's loss is)", stacklevel=2)
+        return model(**inputs, labels=labels).float().mean()
     with _decoder_output_only(gpt):
         hidden = model(**inputs)  # [s, b, h] (under sequence parallelism: this rank's s / tp)
-    if gpt.share_embeddings_and_output_weights:
-        weight = gpt.shared_embedding_or_output_weight()
-    else:
-        weight = gpt.output_layer.weight
-    if hasattr(weight, "ds_id"):
-        # ZeRO-3 gathers a weight only inside its own module's forward, which the fused loss skips.
-        raise ConfigError("model.kernels", "the fused Triton loss does not work with parallel.zero_stage=3; "
-                                           "use zero_stage <= 2 or model.kernels=torch")
     from megatron.core import parallel_state
 
     return linear_cross_entropy(hidden.reshape(-1, hidden.shape[-1]), weight, labels.t().reshape(-1),
                                 tp_group=parallel_state.get_tensor_model_parallel_group(),
                                 sequence_parallel=gpt.config.sequence_parallel)
+
+
+def _output_weight(gpt) -> torch.Tensor:
+    """The output layer's weight [vocab slice, h]: the input embedding's when they are tied."""
+    if gpt.share_embeddings_and_output_weights:
+        return gpt.shared_embedding_or_output_weight()
+    return gpt.output_layer.weight

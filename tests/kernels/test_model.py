@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from contextlib import nullcontext
 
 import pytest
 import torch
@@ -175,3 +176,23 @@ def test_training_with_kernels_apex_but_no_apex_stops_in_one_line_with_exit_2(da
     assert result.stderr.strip().splitlines() == [
         "pretrain: error: model.kernels: NVIDIA apex is not installed (it is built from source or comes in NGC "
         "containers); use auto, triton or torch"]
+
+
+def test_under_zero3_the_triton_model_keeps_megatrons_loss(megatron_state):
+    """ZeRO-3 gathers the output weight only inside its module: the fused loss steps aside."""
+    from pretrain.config import Config
+    from pretrain.train.engine import build_engine
+
+    cfg = Config()
+    cfg.model = tiny("triton")
+    cfg.parallel.zero_stage = 3
+    cfg.train.micro_batch_size = cfg.train.global_batch_size = 2
+    losses = {}
+    for kernels in ("torch", "triton"):
+        set_seed(0)
+        cfg.model.kernels = kernels
+        engine = build_engine(cfg, build_model(cfg.model, VOCAB, 1), megatron_state)
+        with pytest.warns(UserWarning, match="ZeRO stage 3") if kernels == "triton" else nullcontext():
+            losses[kernels] = language_model_loss(engine, fixed_tokens())
+        engine.backward(losses[kernels])
+    torch.testing.assert_close(losses["triton"], losses["torch"], **TOLERANCES[torch.float32])
