@@ -65,9 +65,12 @@ def test_triton_model_gives_the_torch_models_loss_and_gradients(dtype, untie):
                                    rtol=tolerance["rtol"], msg=name)
 
 
-def test_triton_choice_lands_in_the_spec_config_and_loss():
+def test_triton_choice_lands_in_the_spec_config_and_loss(monkeypatch):
+    from megatron.core.models.common.embeddings import rope_utils
+
     from pretrain.kernels.cross_entropy import fused_language_model_loss
     from pretrain.kernels.rmsnorm import TritonRMSNorm
+    from pretrain.kernels.rope import rope_triton
     from pretrain.kernels.swiglu import TritonSwiGLUMLP
 
     set_seed(0)
@@ -78,6 +81,11 @@ def test_triton_choice_lands_in_the_spec_config_and_loss():
     assert type(layer.mlp) is TritonSwiGLUMLP
     assert model.config.apply_rope_fusion
     assert model.output_loss is fused_language_model_loss
+    rotated = []  # megatron's attention reaches the Triton RoPE for q and k of every layer
+    monkeypatch.setattr(rope_utils, "fused_apply_rotary_pos_emb",
+                        lambda t, freqs, interleaved: rotated.append(t.shape) or rope_triton(t, freqs, interleaved))
+    language_model_loss(model, fixed_tokens())
+    assert len(rotated) == 2 * model.config.num_layers
 
     torch_model = build_model(tiny("torch"), VOCAB, 1)
     assert type(torch_model.decoder.layers[0].input_layernorm) is RMSNorm
