@@ -38,10 +38,14 @@ def rotary_freqs(seq, dim, base=10000.0):
 
 
 @DTYPES
+@pytest.mark.parametrize("per_sample", [False, True], ids=["shared-positions", "per-sample-positions"])
 @pytest.mark.parametrize("shape", [(8, 2, 3, 16), gpu((4096, 2, 32, 128))])
-def test_rope(shape, dtype):
-    seq, _, _, dim = shape
+def test_rope(shape, per_sample, dtype):
+    seq, batch, _, dim = shape
     freqs = rotary_freqs(seq, dim).to(DEVICE)
+    if per_sample:  # positions restarting at document starts: freqs [s, b, 1, d]
+        positions = torch.stack([torch.arange(seq), torch.arange(seq) % 3] + [torch.arange(seq)] * (batch - 2), dim=1)
+        freqs = freqs[:, 0][positions.to(DEVICE)]
     assert_matches_reference(lambda t: rope.rope_triton(t, freqs), lambda t: rope.rope_reference(t, freqs),
                              [randn(*shape)], dtype)
 
