@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from pretrain.errors import ConfigError, check_positive
+from pretrain.errors import ConfigError, check_choice, check_positive
 
 
 @dataclass
@@ -32,12 +32,15 @@ class ModelConfig:
     """Keep the input embedding fixed (with tied weights, the output layer too)."""
     freeze_layers: int = 0
     """Keep the first N decoder layers fixed (transfer learning)."""
+    kernels: str = "auto"
+    """Fused kernels: auto (triton on a CUDA GPU, else apex's RMSNorm if installed, else torch), triton, apex, torch."""
 
     def __post_init__(self):
         for key in ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups",
                     "ffn_hidden_size", "seq_length", "make_vocab_size_divisible_by"):
             check_positive(f"model.{key}", getattr(self, key))
         check_positive("model.vocab_size", self.vocab_size, allow_zero=True)
+        check_choice("model.kernels", self.kernels, ("auto", "triton", "apex", "torch"))
         if self.hidden_size % self.num_attention_heads:
             raise ConfigError("model.hidden_size",
                               f"{self.hidden_size} is not divisible by num_attention_heads={self.num_attention_heads}")

@@ -19,23 +19,24 @@ from megatron.core.transformer.attention import SelfAttention, SelfAttentionSubm
 from megatron.core.transformer.dot_product_attention import DotProductAttention
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.identity_op import IdentityOp
-from megatron.core.transformer.mlp import MLP, MLPSubmodules
+from megatron.core.transformer.mlp import MLPSubmodules
 from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
 from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.transformer.transformer_layer import TransformerLayer, TransformerLayerSubmodules
 
+from pretrain.kernels import select_kernels
 from pretrain.model.config import ModelConfig
 from pretrain.model.flops import flops_per_token, matmul_parameters, padded_vocab_size  # noqa: F401 (re-exported)
-from pretrain.model.norm import RMSNorm
 from pretrain.parallel import cpu_compat
 
 
 def layer_spec(cfg: ModelConfig) -> ModuleSpec:
     """megatron ModuleSpec of one pre-norm decoder layer built from local (non-TE) modules.
 
-    Fused kernels, when added, are chosen here (from cfg), never inside a forward.
+    Fused kernels are chosen here (cfg.kernels: the norm and MLP classes), never inside a forward.
     """
+    kernels = select_kernels(cfg.kernels)
     attention = ModuleSpec(
         module=SelfAttention,
         params={"attn_mask_type": AttnMaskType.causal},
@@ -48,16 +49,16 @@ def layer_spec(cfg: ModelConfig) -> ModuleSpec:
         ),
     )
     mlp = ModuleSpec(
-        module=MLP,
+        module=kernels.mlp,
         submodules=MLPSubmodules(linear_fc1=ColumnParallelLinear, linear_fc2=RowParallelLinear),
     )
     return ModuleSpec(
         module=TransformerLayer,
         submodules=TransformerLayerSubmodules(
-            input_layernorm=RMSNorm,
+            input_layernorm=kernels.norm,
             self_attention=attention,
             self_attn_bda=get_bias_dropout_add,
-            pre_mlp_layernorm=RMSNorm,
+            pre_mlp_layernorm=kernels.norm,
             mlp=mlp,
             mlp_bda=get_bias_dropout_add,
         ),
@@ -66,7 +67,8 @@ def layer_spec(cfg: ModelConfig) -> ModuleSpec:
 
 def block_spec(cfg: ModelConfig) -> TransformerBlockSubmodules:
     """All layers plus the final norm (megatron would otherwise pick its own norm class for it)."""
-    return TransformerBlockSubmodules(layer_specs=[layer_spec(cfg)] * cfg.num_layers, layer_norm=RMSNorm)
+    final_norm = select_kernels(cfg.kernels).norm
+    return TransformerBlockSubmodules(layer_specs=[layer_spec(cfg)] * cfg.num_layers, layer_norm=final_norm)
 
 
 def transformer_config(
@@ -96,7 +98,8 @@ def transformer_config(
         masked_softmax_fusion=False,
         persist_layer_norm=False,
         gradient_accumulation_fusion=False,
-        apply_rope_fusion=False,
+        # With kernels=triton megatron's fused-RoPE hook runs our Triton RoPE (see pretrain/kernels).
+        apply_rope_fusion=select_kernels(cfg.kernels).fused_rope,
         tensor_model_parallel_size=tensor_parallel_size,
         # Like Megatron-LM: sequence parallelism splits over the TP group, so TP=1 turns it off.
         sequence_parallel=sequence_parallel and tensor_parallel_size > 1,
@@ -133,6 +136,8 @@ def build_model(
         rotary_percent=1.0,
         rotary_base=cfg.rotary_base,
     )
+    # The loss: megatron's (logits, then vocab-parallel CE) or a fused output layer + CE.
+    model.output_loss = select_kernels(cfg.kernels).output_loss
     if torch.cuda.is_available():
         # megatron puts its parallel layers on the GPU; norms are built on the CPU like apex's.
         model.cuda(torch.cuda.current_device())
@@ -149,7 +154,11 @@ def language_model_loss(model: torch.nn.Module, tokens: torch.Tensor) -> torch.T
     batch, seq = input_ids.shape
     position_ids = torch.arange(seq, device=tokens.device).unsqueeze(0).expand(batch, seq)
     # attention_mask=None: megatron builds the causal mask itself.
-    per_token_loss = model(input_ids=input_ids, position_ids=position_ids, attention_mask=None, labels=labels)
+    inputs = dict(input_ids=input_ids, position_ids=position_ids, attention_mask=None)
+    fused_loss = getattr(model, "output_loss", None)  # set by build_model from cfg.kernels
+    if fused_loss is not None:
+        return fused_loss(model, labels, **inputs)
+    per_token_loss = model(**inputs, labels=labels)
     return per_token_loss.float().mean()
 
 

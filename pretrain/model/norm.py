@@ -2,16 +2,24 @@
 
 megatron's local layer spec picks apex's FusedLayerNorm when apex imports and torch's
 RMSNorm otherwise, and the torch wrapper refuses sequence parallelism. This module works
-the same on every install, supports sequence parallelism (see `sequence_parallel` below)
-and is the slot where a fused kernel goes, through the layer spec.
+the same on every install and supports sequence parallelism (see `sequence_parallel` below).
+The fused versions (pretrain/kernels: Triton, apex) subclass it and replace only `forward`,
+so they keep its weight and flag; `model.kernels` picks one in the layer spec.
 """
 
 import torch
 from torch import nn
 
 
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """y = x / sqrt(mean(x^2) + eps) * weight over the last dim, computed in fp32 and cast back to x's dtype."""
+    x_fp32 = x.float()
+    normed = x_fp32 * torch.rsqrt(x_fp32.pow(2).mean(-1, keepdim=True) + eps)
+    return (normed * weight.float()).to(x.dtype)
+
+
 class RMSNorm(nn.Module):
-    """y = x / sqrt(mean(x^2) + eps) * weight, computed in fp32 and cast back to x's dtype."""
+    """RMSNorm with a learned per-channel weight (initialized to ones)."""
 
     def __init__(self, config, hidden_size: int, eps: float = 1e-5, **unused):
         # megatron passes (config=, hidden_size=, eps=) as keywords; extra keywords vary by version.
@@ -24,6 +32,4 @@ class RMSNorm(nn.Module):
         self.weight.sequence_parallel = bool(config.sequence_parallel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x_fp32 = x.float()
-        normed = x_fp32 * torch.rsqrt(x_fp32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (normed * self.weight.float()).to(x.dtype)
+        return rms_norm(x, self.weight, self.eps)

@@ -12,6 +12,9 @@ def check_device(cfg: Config) -> None:
 
     if cfg.train.precision == "fp16" and not torch.cuda.is_available():
         raise ConfigError("train.precision", "fp16 needs a CUDA GPU; use bf16 or fp32 on this machine")
+    from pretrain.kernels import resolve
+
+    resolve(cfg.model.kernels)  # kernels=apex without apex, or triton without a GPU: one line here
 
 
 def check_inputs(cfg: Config) -> Tokenizer:
