@@ -24,10 +24,10 @@ def slurm_command(name: str, *args: str, cwd: str | None = None) -> str:
     return result.stdout
 
 
-def sbatch(script: str, cwd: str, dependency: str | None = None) -> str:
-    """Submit a script; the job id."""
-    extra = [f"--dependency=afterany:{dependency}"] if dependency else []
-    return slurm_command("sbatch", "--parsable", *extra, script, cwd=cwd).strip().split(";")[0]
+def sbatch(script: str, cwd: str, dependency: str | None = None, extra: list[str] | tuple = ()) -> str:
+    """Submit a script (after `dependency` ends, with any `extra` options); the job id."""
+    options = [f"--dependency=afterany:{dependency}"] if dependency else []
+    return slurm_command("sbatch", "--parsable", *options, *extra, script, cwd=cwd).strip().split(";")[0]
 
 
 def job_info(job_id: str) -> dict[str, str]:
