@@ -7,6 +7,8 @@ import pytest
 from cluster_runs import CLUSTER_RUN, job_log, job_starts, job_state, pretrain, steps_logged, submit, wait_for_job
 from training_runs import valid_losses
 
+from pretrain.launch.sweep import expand
+
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(300)]
 
 
@@ -72,11 +74,14 @@ def test_cancel_saves_then_resume_finishes(slurm_conf, data_root, tmp_path):
     assert steps[-1] == saved + 10 and all(a < b for a, b in zip(steps, steps[1:])), steps
 
 
-def test_two_point_sweep_finishes_and_status_lists_final_valid_losses(slurm_conf, data_root, tmp_path):
-    # One node per point, so both points run at once on the 2-node cluster.
+def test_two_point_random_sweep_finishes_and_status_lists_final_valid_losses(slurm_conf, data_root, tmp_path):
+    # One node per point, so both points run at once on the 2-node cluster. A random search
+    # submits exactly as a grid does once its points are drawn (tests/launch/test_sweep.py).
     sweep_dir = tmp_path / "sweep"
+    search = ["optim.lr=tag(log,interval(1e-3,3e-3))", "sweep.n_trials=2", "sweep.seed=0"]
     out = pretrain("submit", "-m", *CLUSTER_RUN, f"data.root={data_root}", f"train.run_dir={sweep_dir}",
-                   "cluster.nodes=1", "optim.lr=1e-3,3e-3").stdout
+                   "cluster.nodes=1", *search).stdout
+    lrs = [point.params["optim.lr"] for point in expand(search)]
     job_ids = [line.split()[2] for line in out.splitlines() if line.startswith("submitted job ")]
     assert len(job_ids) == 2, out
     for index, job_id in enumerate(job_ids):
@@ -85,7 +90,8 @@ def test_two_point_sweep_finishes_and_status_lists_final_valid_losses(slurm_conf
     table = pretrain("status", str(sweep_dir)).stdout
     rows = table.splitlines()[2:]
     assert len(rows) == 2, table
-    for index, (row, lr) in enumerate(zip(rows, ("0.001", "0.003"))):
+    assert len(set(lrs)) == 2 and all(1e-3 <= float(lr) <= 3e-3 for lr in lrs), lrs
+    for index, (row, lr) in enumerate(zip(rows, lrs)):
         final = valid_losses(sweep_dir / str(index))[6]
         assert row.split() == [str(index), lr, job_ids[index], "COMPLETED", "6", f"{final:.4f}"], table
     print(f"\n{table}")

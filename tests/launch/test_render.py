@@ -83,6 +83,8 @@ def test_login_node_commands_do_not_import_torch(tmp_path):
         "from pretrain.cli import main\n"
         f"assert main(['submit', '--dry-run', 'cluster=slurm_cpu_test', 'train.run_dir={run_dir}']) == 0\n"
         f"assert main(['status', '{tmp_path}']) == 2\n"
+        f"assert main(['submit', '-m', '--dry-run', 'cluster=slurm_cpu_test', 'train.run_dir={tmp_path}/rs',\n"
+        f"             'optim.lr=interval(1e-4,1e-2)', 'sweep.n_trials=2']) == 0\n"
         f"assert main(['data', 'clean', '--dry-run', 'cluster=slurm_cpu_test', 'data.root={tmp_path}',\n"
         f"             'data.clean.inputs=[{tmp_path}/raw.jsonl]']) == 0\n"
         "heavy = [m for m in ('torch', 'deepspeed', 'megatron') if m in sys.modules]\n"
