@@ -20,7 +20,7 @@ Every point's W&B run is in the group `logging.wandb.group` (default: the sweep 
 import itertools
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -69,8 +69,8 @@ def expand(overrides: list[str], directory: Path | None = None) -> list[Point]:
 
 def split_settings(parsed: list[Override]) -> tuple[list[Override], list[Override]]:
     """(the `sweep.*` settings, the run's overrides)."""
-    settings = [o for o in parsed if o.get_key_element().startswith("sweep.")]
-    return settings, [o for o in parsed if o not in settings]
+    is_setting = [o.get_key_element().startswith("sweep.") for o in parsed]
+    return ([o for o, s in zip(parsed, is_setting) if s], [o for o, s in zip(parsed, is_setting) if not s])
 
 
 def read_settings(settings: list[Override]) -> SweepSettings:

@@ -126,7 +126,7 @@ def test_array_clean_matches_the_local_run_and_a_resubmit_redoes_only_the_failed
     stage = tmp_path / "array" / "cleaned.slurm"
     assert "pretrain: error: " in (stage / f"tasks-{array_id}_2.err").read_text()
     work = tmp_path / "array" / ".cleaned.work"
-    assert sorted(p.name for p in work.glob("*.done.json")) == ["task-000000.done.json", "task-000001.done.json", "task-000003.done.json"]
+    assert sorted(p.name for p in work.glob("*.done.json")) == [f"task-00000{i}.done.json" for i in (0, 1, 3)]
 
     inputs[2].write_bytes(good)
     array_id, final_id, out = submit_clean(overrides)

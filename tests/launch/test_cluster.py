@@ -1,6 +1,7 @@
 """Runs through `pretrain submit` on the real 2-node test cluster (slurm/testcluster/)."""
 
 import re
+import subprocess
 import time
 
 import pytest
@@ -29,12 +30,13 @@ def test_two_node_job_trains_to_the_end_and_a_chained_job_exits_at_once(slurm_co
 
 @pytest.mark.slow
 def test_time_limit_requeues_resumes_and_stops_at_the_restart_limit(slurm_conf, data_root, tmp_path):
-    # A 2-minute limit and the profile's USR1 60 s before it. Slurm checks limits every 30 s, so
-    # the signal comes 30 to 60 s after the start (the trainer is up by then even on a loaded
-    # machine) and the hard limit at least 60 s after the signal (time to save). A run longer
-    # than any job and one allowed restart make exactly two jobs, however fast the machine is.
+    # A 2-minute limit and USR1 45 s before it. Slurm checks limits every 30 s, so the signal
+    # comes 45 to 75 s after the start (the trainer took up to 45 s to start on the loaded 2-core
+    # machine) and the hard limit 45 to 105 s after the signal (the save and exit take seconds).
+    # A run longer than any job and one allowed restart make exactly two jobs at any speed.
     run_dir = tmp_path / "requeue"
-    job_id, = submit(data_root, run_dir, "cluster.time=2", "cluster.max_restarts=1", "train.train_steps=1000000",
+    job_id, = submit(data_root, run_dir, "cluster.time=2", "cluster.signal_grace=45", "cluster.max_restarts=1",
+                    "train.train_steps=1000000",
                     "train.global_batch_size=32", "train.save_interval=100000", "train.eval_interval=0",
                     "train.log_interval=10")
     info, seen = wait_for_job(job_id, run_dir, timeout=280)
@@ -51,6 +53,31 @@ def test_time_limit_requeues_resumes_and_stops_at_the_restart_limit(slurm_conf, 
     turnaround = seen.get("first_step_after_signal", float("nan")) - seen.get("signal", float("nan"))
     print(f"\nsubmit to first step {seen['first_step']:.1f}s; signal to first step of the requeued job "
           f"{turnaround:.1f}s; stops at steps {first_stop}, {second_stop}")
+
+
+def test_without_forwarding_each_worker_takes_slurms_own_signal_saves_and_the_job_requeues(
+        signal_every_process_cluster, data_root, tmp_path, monkeypatch):
+    # forward_signal=false, on a cluster that signals every process of a step: torchrun's agent
+    # ignores USR1 and each worker gets its own copy from Slurm. The test sends USR1 to the batch
+    # shell as Slurm does before a time limit, once training runs, so no timing is left to chance.
+    monkeypatch.setenv("SLURM_CONF", signal_every_process_cluster)
+    run_dir = tmp_path / "no_forward"
+    job_id, = submit(data_root, run_dir, "cluster.forward_signal=false", "train.train_steps=200",
+                    "train.save_interval=1000", "train.eval_interval=0")
+    deadline = time.monotonic() + 120
+    while not steps_logged(run_dir) and time.monotonic() < deadline:
+        time.sleep(1)
+    subprocess.run(["scancel", "--batch", "--signal=USR1", job_id], check=True)
+    info, _ = wait_for_job(job_id, run_dir, timeout=200)
+    log = (run_dir / "slurm" / f"{job_id}.out").read_text()
+    assert info["JobState"] == "COMPLETED", log
+    assert "FORWARD_SIGNAL=0" in (run_dir / "slurm" / "job.sbatch").read_text().splitlines()
+    stops = re.findall(r"stopping at step (\d+): received SIGUSR1", log)
+    assert len(stops) == 1 and 0 < int(stops[0]) < 200, log  # one copy per worker: a second would exit unsaved
+    assert "requeueing" in log and f"resuming from {run_dir / 'checkpoints' / f'step_{stops[0]}'}" in log, log
+    assert [s["restart_count"] for s in job_starts(run_dir)] == [0, 1]
+    steps = steps_logged(run_dir)
+    assert steps[-1] == 200 and all(a < b for a, b in zip(steps, steps[1:])), steps
 
 
 def test_cancel_saves_then_resume_finishes(slurm_conf, data_root, tmp_path):
