@@ -65,6 +65,14 @@ def test_dry_run_prints_an_array_over_every_task_and_the_final_job(tmp_path):
     assert not (tmp_path / "d").exists()  # nothing written
 
 
+def test_a_missing_input_is_one_line_before_anything_is_submitted(tmp_path):
+    run = [sys.executable, "-m", "pretrain.cli", "data", "clean", f"data.clean.inputs=[{tmp_path}/none.jsonl]",
+           f"data.root={tmp_path}/d", "cluster=slurm_cpu_test"]
+    result = subprocess.run(run, capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.startswith("pretrain: error: data.clean.inputs"), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "d").exists()
+
+
 @pytest.mark.parametrize("name", ["x; rm -rf ~", "$(reboot)", "it's \"quoted\"\nnew line"])
 def test_a_hostile_data_root_stays_a_name_in_both_scripts(tmp_path, name):
     write_inputs(tmp_path / "in")
@@ -118,8 +126,10 @@ def test_array_clean_matches_the_local_run_and_a_resubmit_redoes_only_the_failed
     good = inputs[2].read_bytes()
     inputs[2].write_text("not json\n" * 5)
     overrides = clean_overrides(tmp_path / "in", tmp_path / "array")
+    start = time.monotonic()
     array_id, final_id, _ = submit_clean(overrides)
     records = wait_until_ended(array_id)
+    first_array = time.monotonic() - start
     states = {r["ArrayTaskId"]: r["JobState"] for r in records}
     assert states == {"0": "COMPLETED", "1": "COMPLETED", "2": "FAILED", "3": "COMPLETED"}, states
     assert wait_until_ended(final_id)[0]["JobState"] == "CANCELLED"  # its dependency can never be met
@@ -129,10 +139,13 @@ def test_array_clean_matches_the_local_run_and_a_resubmit_redoes_only_the_failed
     assert sorted(p.name for p in work.glob("*.done.json")) == [f"task-00000{i}.done.json" for i in (0, 1, 3)]
 
     inputs[2].write_bytes(good)
+    start = time.monotonic()
     array_id, final_id, out = submit_clean(overrides)
     assert "(--array=2%2: 1 of 4 shares)" in out, out
     assert [r["JobState"] for r in wait_until_ended(array_id)] == ["COMPLETED"]
     assert wait_until_ended(final_id)[0]["JobState"] == "COMPLETED", (stage / f"final-{final_id}.err").read_text()
+    print(f"\narray clean: submit to the end of a 4-task array {first_array:.1f}s; "
+          f"resubmit of 1 share to the final job's end {time.monotonic() - start:.1f}s")
     # Only the failed share ran again; the final job then found all four tasks marked done.
     assert sorted(p.name for p in stage.glob(f"tasks-{array_id}_*.out")) == [f"tasks-{array_id}_2.out"]
     assert "ran 1 unfinished clean tasks" in (stage / f"tasks-{array_id}_2.out").read_text()
