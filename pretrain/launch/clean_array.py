@@ -142,9 +142,9 @@ def refuse_while_active(stage_dir: Path) -> None:
         return
     last = json.loads(path.read_text().splitlines()[-1])
     for job_id in (last["array_job_id"], last["final_job_id"]):
-        state = slurm.job_info(job_id).get("JobState", "") if job_id else ""
-        if state in slurm.ACTIVE_STATES:
-            raise ConfigError("data.cleaned_dir", f"job {job_id} of this clean is {state}: wait for it, "
+        active = slurm.job_states(job_id) & slurm.ACTIVE_STATES if job_id else set()
+        if active:
+            raise ConfigError("data.cleaned_dir", f"job {job_id} of this clean is {min(active)}: wait for it, "
                                                   "or scancel it, then submit again")
 
 

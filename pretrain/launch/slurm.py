@@ -43,6 +43,15 @@ def job_info(job_id: str) -> dict[str, str]:
     return info
 
 
+def job_states(job_id: str) -> set[str]:
+    """The states of a job's records: one per array task for an array job; empty when gone."""
+    try:
+        text = slurm_command("scontrol", "show", "job", "--oneliner", job_id)
+    except ConfigError:
+        return set()
+    return {word.partition("=")[2] for word in text.split() if word.startswith("JobState=")}
+
+
 def my_jobs() -> list[dict[str, str]]:
     """The user's queued and running jobs: id, name, state, elapsed time, working directory."""
     text = slurm_command("squeue", "--me", "--noheader", "--format=%i|%j|%T|%M|%Z")
