@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
         if words[0] in ("submit", "resume"):
             add_submit_options(sub)
+        if words == ("data", "clean"):
+            sub.add_argument("--dry-run", action="store_true",
+                             help="With a Slurm cluster profile: print the array and final job scripts; submit nothing.")
         if words[0] == "submit":
             sub.add_argument("-m", "--multirun", action="store_true",
                              help="Sweep: one job per point of the overrides' comma lists, range(...), choice(...).")

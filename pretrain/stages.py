@@ -7,6 +7,16 @@ from pretrain.config import Config, ConfigError, compose_dict, validate
 
 
 def clean(cfg: Config, args) -> int:
+    if cfg.cluster.scheduler == "slurm":  # an array job per share of the tasks, then the global half
+        from pretrain.launch.clean_array import submit_clean
+
+        cfg_dict = compose_dict(args.overrides, args.config_name, args.config_dir)
+        return submit_clean(cfg, cfg_dict, getattr(args, "dry_run", False))
+    return clean_here(cfg)
+
+
+def clean_here(cfg: Config) -> int:
+    """The whole clean stage in this process (and its worker pool)."""
     from pretrain.data.clean import clean_corpus
 
     report = clean_corpus(cfg.data.clean, cfg.data.cleaned_dir)
@@ -16,7 +26,7 @@ def clean(cfg: Config, args) -> int:
     if report["pii"]:
         print("PII replaced: " + ", ".join(f"{kind} {n}" for kind, n in report["pii"].items()))
     if report["resumed_tasks"]:
-        print(f"resumed: {report['resumed_tasks']} finished tasks of an earlier run were reused")
+        print(f"reused: {report['resumed_tasks']} finished tasks (of an earlier run, or of the Slurm array job)")
     return 0
 
 

@@ -63,11 +63,15 @@ start_step() {
         if (( FORWARD_SIGNAL )); then signals+=,SIGUSR1; usr1=forward; fi
         # Without forwarding, the agent ignores USR1 (its workers get their own copy from Slurm);
         # the workers replace the inherited "ignore" with the trainer's handler.
+        # The agent kills workers that outlive --shutdown-timeout after its signal. USR1 comes
+        # SIGNAL_GRACE to SIGNAL_GRACE+30 s before the limit, which Slurm enforces up to 30 s
+        # late: give the save all of that; the hard limit still ends a hung worker.
+        local shutdown=$((SIGNAL_GRACE + 60))
         srun --ntasks-per-node=1 --kill-on-bad-exit=1 "${CONTAINER_ARGS[@]}" \
             bash -c '[[ $0 == ignore ]] && trap "" USR1; exec "$@"' "$usr1" \
             "$PYTHON" -m torch.distributed.run --nnodes="$SLURM_NNODES" --nproc-per-node="$PROCS_PER_NODE" \
             --rdzv-backend=c10d --rdzv-endpoint="$MASTER_ADDR:$MASTER_PORT" --rdzv-id="$SLURM_JOB_ID" \
-            --max-restarts=0 --signals-to-handle="$signals" --shutdown-timeout="$SIGNAL_GRACE" \
+            --max-restarts=0 --signals-to-handle="$signals" --shutdown-timeout="$shutdown" \
             --no-python "${worker[@]}" &
     else
         srun --ntasks-per-node="$PROCS_PER_NODE" --kill-on-bad-exit=1 "${CONTAINER_ARGS[@]}" \
@@ -122,6 +126,9 @@ main() {
     fi
     # Finished and stopped on purpose (or by a signal at the very end): the run is done.
     if run_finished && (( code == 0 || code == REQUEUE_CODE || SIGNALLED )); then exit 0; fi
+    # Saved for a requeue that is not coming (restart limit, cancel): say so with the requeue
+    # code, whichever launcher (torchrun's agent reports a signal as 1).
+    if (( code == REQUEUE_CODE || SIGNALLED )); then exit "$REQUEUE_CODE"; fi
     exit "$code"
 }
 

@@ -5,6 +5,8 @@ in worker processes (tasks.py), each leaving a completion marker in a work folde
 output, so a killed run redoes only unfinished tasks. Dedup (exact, then MinHash) runs in this
 process over the tasks' records in input order, so the first copy is kept whatever the number of
 workers. report.json accounts for every input document: kept + sum(dropped) == input_documents.
+On Slurm (pretrain/launch/clean_array.py) an array job runs the tasks (`clean_share`) and a
+dependent job runs `clean_corpus`, which then finds every task done.
 """
 
 import multiprocessing
@@ -36,7 +38,7 @@ def clean_corpus(cfg: CleanConfig, out_dir: str | Path) -> dict:
     """Read, filter, dedup and scrub cfg.inputs into out_dir/cleaned-*.jsonl; return the report."""
     tasks = make_tasks(cfg.inputs, cfg.glob, cfg.exclude, cfg.files_per_task)
     out_dir = Path(out_dir)
-    work_dir = _work_dir(out_dir, cfg)
+    work_dir = prepare_work_dir(out_dir, cfg)
     report = _empty_report()
     with atomic_dir(out_dir) as tmp:
         with _JsonlShards(tmp, cfg.docs_per_shard) as shards:
@@ -52,17 +54,47 @@ def clean_corpus(cfg: CleanConfig, out_dir: str | Path) -> dict:
     return report
 
 
-def _work_dir(out_dir: Path, cfg: CleanConfig) -> Path:
-    """The folder of task outputs and markers; emptied when the config changed since they were made."""
-    work_dir = out_dir.parent / f".{out_dir.name}.work"
-    settings = {k: v for k, v in asdict(cfg).items() if k not in ("workers", "progress", "docs_per_shard")}
-    settings["work_format"] = WORK_FORMAT
-    config_file = work_dir / "config.json"
-    if work_dir.exists() and (not config_file.is_file() or read_json(config_file) != settings):
+def work_dir_of(out_dir: str | Path) -> Path:
+    """The folder of task outputs and markers, beside the output."""
+    out_dir = Path(out_dir)
+    return out_dir.parent / f".{out_dir.name}.work"
+
+
+def prepare_work_dir(out_dir: str | Path, cfg: CleanConfig) -> Path:
+    """The work folder, emptied when the config changed since its tasks were made."""
+    work_dir = work_dir_of(out_dir)
+    if work_dir.exists() and not work_dir_current(out_dir, cfg):
         shutil.rmtree(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    write_json(config_file, settings)
+    write_json(work_dir / "config.json", _work_settings(cfg))
     return work_dir
+
+
+def work_dir_current(out_dir: str | Path, cfg: CleanConfig) -> bool:
+    """Whether the work folder's tasks were made with this config (their markers count)."""
+    config_file = work_dir_of(out_dir) / "config.json"
+    return config_file.is_file() and read_json(config_file) == _work_settings(cfg)
+
+
+def _work_settings(cfg: CleanConfig) -> dict:
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("workers", "progress", "docs_per_shard")}
+    settings["work_format"] = WORK_FORMAT
+    return settings
+
+
+def clean_share(cfg: CleanConfig, out_dir: str | Path, share: int, shares: int) -> int:
+    """Run the unfinished tasks of one share (index % shares == share) into the prepared work
+    folder, as one Slurm array task does; the global half is left to `clean_corpus`. How many ran."""
+    work_dir = work_dir_of(out_dir)
+    if not work_dir_current(out_dir, cfg):
+        raise ConfigError("data.cleaned_dir", f"{work_dir} was prepared for another config: submit the clean again")
+    tasks = make_tasks(cfg.inputs, cfg.glob, cfg.exclude, cfg.files_per_task)
+    pending = [t for t in tasks if t.index % shares == share and finished(work_dir, t) is None]
+    with _results(pending, cfg, work_dir) as results:
+        for stats in results:
+            if "error" in stats:
+                raise ConfigError(*stats["error"])
+    return len(pending)
 
 
 def _task_results(tasks, cfg: CleanConfig, work_dir: Path, report: dict) -> Iterator:

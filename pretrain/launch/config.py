@@ -61,12 +61,18 @@ class ClusterConfig:
     """`srun --container-mounts` entries (SRC:DST[:FLAGS]); the run directory must be among them."""
     preflight: bool = True
     """Check every node (GPUs visible, run directory writable) before training; fail naming the node."""
+    array_tasks: int = 0
+    """`pretrain data clean` on Slurm: array tasks sharing the clean tasks; 0: one per clean task
+    (at most 1000, Slurm's default MaxArraySize)."""
+    array_parallelism: int = 0
+    """Array tasks running at once (`--array=...%K`); 0 leaves it to the scheduler."""
 
     def __post_init__(self):
         check_choice("cluster.scheduler", self.scheduler, ("local", "slurm"))
         check_choice("cluster.launcher", self.launcher, ("torchrun", "srun"))
         check_positive("cluster.nodes", self.nodes)
-        for key in ("gpus_per_node", "processes_per_node", "cpus_per_task", "signal_grace", "max_restarts"):
+        for key in ("gpus_per_node", "processes_per_node", "cpus_per_task", "signal_grace", "max_restarts",
+                    "array_tasks", "array_parallelism"):
             check_positive(f"cluster.{key}", getattr(self, key), allow_zero=True)
         if not TIME.match(self.time):
             raise ConfigError("cluster.time", f"must be [D-]HH:MM:SS or minutes, got {self.time!r}")

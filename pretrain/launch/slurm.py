@@ -24,10 +24,10 @@ def slurm_command(name: str, *args: str, cwd: str | None = None) -> str:
     return result.stdout
 
 
-def sbatch(script: str, cwd: str, dependency: str | None = None) -> str:
-    """Submit a script; the job id."""
-    extra = [f"--dependency=afterany:{dependency}"] if dependency else []
-    return slurm_command("sbatch", "--parsable", *extra, script, cwd=cwd).strip().split(";")[0]
+def sbatch(script: str, cwd: str, dependency: str | None = None, extra: list[str] | tuple = ()) -> str:
+    """Submit a script (after `dependency` ends, with any `extra` options); the job id."""
+    options = [f"--dependency=afterany:{dependency}"] if dependency else []
+    return slurm_command("sbatch", "--parsable", *options, *extra, script, cwd=cwd).strip().split(";")[0]
 
 
 def job_info(job_id: str) -> dict[str, str]:
@@ -41,6 +41,15 @@ def job_info(job_id: str) -> dict[str, str]:
         key, _, value = word.partition("=")
         info.setdefault(key, value)
     return info
+
+
+def job_states(job_id: str) -> set[str]:
+    """The states of a job's records: one per array task for an array job; empty when gone."""
+    try:
+        text = slurm_command("scontrol", "show", "job", "--oneliner", job_id)
+    except ConfigError:
+        return set()
+    return {word.partition("=")[2] for word in text.split() if word.startswith("JobState=")}
 
 
 def my_jobs() -> list[dict[str, str]]:

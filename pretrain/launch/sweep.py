@@ -1,9 +1,15 @@
 """Sweeps: Hydra multirun overrides (`pretrain submit -m optim.lr=1e-4,3e-4`) → one Slurm job per point.
 
-Expansion follows Hydra's basic sweeper, with Hydra's own override parser so the syntax is
-the same: comma lists, `range(...)`, `choice(...)`, `glob(...)` over a config group, and
-`sort`/`shuffle`; the points are their cartesian product, the first swept key varying
-slowest. `interval(...)` needs a random-search sweeper plugin, which is not supported.
+Grid: expansion follows Hydra's basic sweeper, with Hydra's own override parser so the syntax
+is the same: comma lists, `range(...)`, `choice(...)`, `glob(...)` over a config group, and
+`sort`/`shuffle`; the points are their cartesian product, the first swept key varying slowest.
+
+Random search: an `interval(...)` anywhere makes the sweep a random search of `sweep.n_trials`
+points, drawn by Optuna's RandomSampler seeded with `sweep.seed` (the same seed, the same
+points). Intervals become distributions as in Hydra's Optuna sweeper plugin (`tag(log, ...)`
+log-uniform, `int(interval(...))` integers); a discrete sweep (`a,b`, `choice`, `range`) is
+drawn uniformly from exactly the values a grid would take. The sampler only proposes points:
+the jobs run on their own and nothing waits for their results.
 
 The sweep directory is the first point's `train.run_dir`:
   SWEEP_DIR/sweep.json   the points: index, swept values, full overrides, run directory
@@ -20,6 +26,8 @@ from pathlib import Path
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Glob, Override
 from hydra.errors import HydraException
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from pretrain.config import ConfigError, compose_config, compose_dict, config_dir
 from pretrain.launch.submit import Job, prepare
@@ -35,16 +43,82 @@ class Point:
     """The swept keys and this point's value of each."""
 
 
+@dataclass
+class SweepSettings:
+    """`sweep.*` overrides: settings of the random search, not of the runs."""
+
+    n_trials: int = 10
+    """Random search: how many points to draw."""
+    seed: int = 0
+    """Random search: the sampler's seed; the same seed draws the same points."""
+
+
 def expand(overrides: list[str], directory: Path | None = None) -> list[Point]:
+    """The sweep's points: a random search when an override is an interval, else the grid."""
+    settings, parsed = split_settings(parse(overrides))
+    for override in parsed:
+        if override.is_sweep_override() and override.get_key_element().lstrip("+~") == "train.run_dir":
+            raise ConfigError("train.run_dir", "cannot be swept: each point runs in SWEEP_DIR/N")
+    if any(o.is_sweep_override() and not o.is_discrete_sweep() for o in parsed):
+        return sample(parsed, read_settings(settings), directory)
+    if settings:
+        raise ConfigError(settings[0].get_key_element(), "only a random search (an interval(...) override) "
+                                                         "takes sweep.* settings")
+    return grid(parsed, directory)
+
+
+def split_settings(parsed: list[Override]) -> tuple[list[Override], list[Override]]:
+    """(the `sweep.*` settings, the run's overrides)."""
+    is_setting = [o.get_key_element().startswith("sweep.") for o in parsed]
+    return ([o for o, s in zip(parsed, is_setting) if s], [o for o, s in zip(parsed, is_setting) if not s])
+
+
+def read_settings(settings: list[Override]) -> SweepSettings:
+    dotlist = [f"{o.get_key_element().removeprefix('sweep.')}={o.get_value_element_as_str()}" for o in settings]
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(SweepSettings), OmegaConf.from_dotlist(dotlist))
+        result = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"sweep.{e.full_key}" if e.full_key else "sweep", str(e).splitlines()[0]) from None
+    if result.n_trials < 1:
+        raise ConfigError("sweep.n_trials", f"must be >= 1, got {result.n_trials}")
+    return result
+
+
+def sample(parsed: list[Override], settings: SweepSettings, directory: Path | None) -> list[Point]:
+    """`settings.n_trials` points drawn by Optuna's RandomSampler; fixed overrides go to every point."""
+    import optuna  # only here: it takes seconds to import (still no torch)
+    from hydra_plugins.hydra_optuna_sweeper._impl import create_optuna_distribution_from_override
+
+    distributions = {}
+    for override in parsed:
+        if not override.is_sweep_override():
+            continue
+        key = override.get_key_element()
+        if override.is_discrete_sweep():
+            # The grid's own values, as override strings: range(1,4) is 1,2,3 in both modes.
+            distributions[key] = optuna.distributions.CategoricalDistribution(sweep_values(override, directory))
+        else:
+            distributions[key] = create_optuna_distribution_from_override(override)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=settings.seed))
+    points = []
+    for _ in range(settings.n_trials):
+        params = {key: str(value) for key, value in study.ask(fixed_distributions=distributions).params.items()}
+        lines = [f"{o.get_key_element()}={params[o.get_key_element()]}" if o.is_sweep_override() else o.input_line
+                 for o in parsed]
+        points.append(Point(lines, {key: params[key] for key in distributions}))
+    return points
+
+
+def grid(parsed: list[Override], directory: Path | None) -> list[Point]:
     """The cartesian product of the sweep overrides; the other overrides go to every point."""
     choices = []
-    for override in parse(overrides):
+    for override in parsed:
         if not override.is_sweep_override():
             choices.append([(override.input_line, None)])
             continue
         key = override.get_key_element()
-        if key.lstrip("+~") == "train.run_dir":
-            raise ConfigError("train.run_dir", "cannot be swept: each point runs in SWEEP_DIR/N")
         choices.append([(f"{key}={value}", (key, value)) for value in sweep_values(override, directory)])
     return [Point([line for line, _ in combo], dict(pair for _, pair in combo if pair))
             for combo in itertools.product(*choices)]
@@ -59,9 +133,6 @@ def parse(overrides: list[str]) -> list[Override]:
 
 def sweep_values(override: Override, directory: Path | None) -> list[str]:
     key = override.get_key_element()
-    if not override.is_discrete_sweep():
-        raise ConfigError(key, "interval(...) needs a random-search sweeper, which `pretrain submit` "
-                               "does not have: list the values, or use range(...) or choice(...)")
     if isinstance(override.value(), Glob):
         # Hydra matches a glob against the config group's files; so do we.
         group = Path(directory or config_dir()) / override.key_or_group.replace(".", "/")

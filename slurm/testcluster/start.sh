@@ -13,6 +13,10 @@ DIR=${PRETRAIN_SLURM_DIR:-/tmp/pretrain-slurm}
 NODES=${PRETRAIN_SLURM_NODES:-2}
 CPUS=${PRETRAIN_SLURM_CPUS:-4}
 PORT_BASE=${PRETRAIN_SLURM_PORT:-17000}
+# pgid: a signal to a step reaches each task's process group (torchrun's workers, in their own
+# sessions, only through the agent). linuxproc: every descendant, as proctrack/cgroup does on
+# most GPU clusters (the tests of forward_signal=false run a second cluster with it).
+PROCTRACK=${PRETRAIN_SLURM_PROCTRACK:-pgid}
 HOST=$(hostname -s)
 CONF=$DIR/etc/slurm.conf
 
@@ -51,7 +55,7 @@ SlurmctldLogFile=$DIR/log/slurmctld.log
 SlurmdLogFile=$DIR/log/slurmd-%n.log
 JobCompType=jobcomp/filetxt
 JobCompLoc=$DIR/log/jobcomp.log
-ProctrackType=proctrack/pgid
+ProctrackType=proctrack/$PROCTRACK
 TaskPlugin=task/none
 MpiDefault=none
 SwitchType=switch/none

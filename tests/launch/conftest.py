@@ -51,6 +51,20 @@ def _needs_cluster(request):
         request.getfixturevalue("slurm_conf")
 
 
+@pytest.fixture(scope="module")
+def signal_every_process_cluster(slurm_conf):
+    """A second 2-node test cluster whose slurmd signal every process of a step (proctrack/linuxproc),
+    as proctrack/cgroup does on most GPU clusters; its SLURM_CONF path. Stopped after the module."""
+    start = Path(__file__).resolve().parents[2] / "slurm" / "testcluster"
+    env = {**os.environ, "PRETRAIN_SLURM_DIR": f"{DEFAULT_CONF.parents[1]}-linuxproc",
+           "PRETRAIN_SLURM_PORT": str(int(os.environ.get("PRETRAIN_SLURM_PORT", 17000)) + 100),
+           "PRETRAIN_SLURM_PROCTRACK": "linuxproc"}
+    result = subprocess.run([str(start / "start.sh")], capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    yield result.stdout.strip().splitlines()[-1]
+    subprocess.run([str(start / "stop.sh")], capture_output=True, timeout=60, env=env)
+
+
 @pytest.fixture(scope="session")
 def data_root(dataset_dir) -> Path:
     """The session's tiny real dataset (tests/conftest.py) as a data.root folder."""

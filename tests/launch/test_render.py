@@ -76,18 +76,23 @@ def test_bad_cluster_values_are_config_errors(override):
 
 def test_login_node_commands_do_not_import_torch(tmp_path):
     run_dir = tmp_path / "r"
+    (tmp_path / "raw.jsonl").write_text('{"text": "a document"}\n')
     code = (
         "import sys\n"
         "import pretrain.launch, pretrain.launch.commands, pretrain.launch.sbatch, pretrain.launch.status\n"
         "from pretrain.cli import main\n"
         f"assert main(['submit', '--dry-run', 'cluster=slurm_cpu_test', 'train.run_dir={run_dir}']) == 0\n"
         f"assert main(['status', '{tmp_path}']) == 2\n"
+        f"assert main(['submit', '-m', '--dry-run', 'cluster=slurm_cpu_test', 'train.run_dir={tmp_path}/rs',\n"
+        f"             'optim.lr=interval(1e-4,1e-2)', 'sweep.n_trials=2']) == 0\n"
+        f"assert main(['data', 'clean', '--dry-run', 'cluster=slurm_cpu_test', 'data.root={tmp_path}',\n"
+        f"             'data.clean.inputs=[{tmp_path}/raw.jsonl]']) == 0\n"
         "heavy = [m for m in ('torch', 'deepspeed', 'megatron') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "#SBATCH --nodes=2" in result.stdout
+    assert "#SBATCH --nodes=2" in result.stdout and "# ==== array job: --array=0 ====" in result.stdout
     assert "not a run started by `pretrain submit`" in result.stderr
 
 

@@ -30,14 +30,55 @@ def test_quoted_commas_and_lists_are_not_sweeps():
     assert [p.overrides for p in expand(["train.run_dir='a,b'", "+x=[1,2]"])] == [["train.run_dir='a,b'", "+x=[1,2]"]]
 
 
-@pytest.mark.parametrize("override, key", [("optim.lr=interval(0,1)", "optim.lr"),
-                                           ("train.run_dir=a,b", "train.run_dir"),
+@pytest.mark.parametrize("override, key", [("train.run_dir=a,b", "train.run_dir"),
                                            ("optim.lr=1,(", "overrides"),
                                            ("model=glob(nothing*)", "model")])
 def test_unsweepable_overrides_are_config_errors(override, key):
     with pytest.raises(ConfigError) as error:
         expand([override])
     assert error.value.key == key
+
+
+RANDOM = ["optim.lr=tag(log,interval(1e-4,1e-2))", "train.seed=range(1,4)", "optim.warmup_steps=int(interval(0,20))",
+          "model=tiny"]
+
+
+def test_random_search_draws_n_distinct_points_within_bounds_the_same_for_the_same_seed():
+    points = expand([*RANDOM, "sweep.n_trials=6", "sweep.seed=1"])
+    assert len(points) == 6 and len({p.params["optim.lr"] for p in points}) == 6
+    for point in points:
+        assert 1e-4 <= float(point.params["optim.lr"]) <= 1e-2
+        assert point.params["train.seed"] in ("1", "2", "3")  # range(1,4): the grid's values
+        assert 0 <= int(point.params["optim.warmup_steps"]) <= 20
+        assert point.overrides == [f"optim.lr={point.params['optim.lr']}", f"train.seed={point.params['train.seed']}",
+                                   f"optim.warmup_steps={point.params['optim.warmup_steps']}", "model=tiny"]
+    assert [p.params for p in expand([*RANDOM, "sweep.seed=1", "sweep.n_trials=6"])] == [p.params for p in points]
+    assert [p.params for p in expand([*RANDOM, "sweep.n_trials=6", "sweep.seed=2"])] != [p.params for p in points]
+    # Log-uniform: about half the draws fall below the geometric middle 1e-3 (a uniform draw: 9%).
+    lrs = [float(p.params["optim.lr"]) for p in expand([*RANDOM, "sweep.n_trials=100"])]
+    assert 30 <= sum(lr < 1e-3 for lr in lrs) <= 70
+
+
+@pytest.mark.parametrize("overrides, key", [(["optim.lr=1,2", "sweep.n_trials=3"], "sweep.n_trials"),
+                                            (["optim.lr=interval(0,1)", "sweep.trials=3"], "sweep.trials"),
+                                            (["optim.lr=interval(0,1)", "sweep.n_trials=0"], "sweep.n_trials"),
+                                            (["optim.lr=interval(0,1)", "train.run_dir=a,b"], "train.run_dir")])
+def test_bad_random_search_settings_are_config_errors(overrides, key):
+    with pytest.raises(ConfigError) as error:
+        expand(overrides)
+    assert error.value.key == key
+
+
+def test_cli_dry_run_random_search_prints_the_seeded_points(tmp_path):
+    overrides = [*BASE, "optim.lr=tag(log,interval(1e-4,1e-2))", "sweep.n_trials=3", "sweep.seed=7",
+                 f"train.run_dir={tmp_path / 'rs'}"]
+    result = subprocess.run([sys.executable, "-m", "pretrain.cli", "submit", "-m", *overrides, "--dry-run"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    # Another process, the same points: nothing depends on the process (hash seeds, clock).
+    expected = [f"# ==== point {i}: optim.lr={p.params['optim.lr']} ====" for i, p in enumerate(expand(overrides))]
+    assert [line for line in result.stdout.splitlines() if line.startswith("# ==== point")] == expected
+    assert f"RUN_DIR={tmp_path / 'rs' / '2'}" in result.stdout and not (tmp_path / "rs").exists()
 
 
 def test_each_point_gets_its_own_run_dir_job_name_and_the_wandb_group(tmp_path):
