@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
             add_submit_options(sub)
         if words == ("data", "clean"):
             sub.add_argument("--dry-run", action="store_true",
-                             help="With a Slurm cluster profile: print the array and final job scripts; submit nothing.")
+                             help="With a Slurm profile: print the array and final job scripts, submit nothing.")
         if words[0] == "submit":
             sub.add_argument("-m", "--multirun", action="store_true",
                              help="Sweep: one job per point of the overrides' comma lists, range(...), choice(...).")
