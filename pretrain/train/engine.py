@@ -6,6 +6,7 @@ import torch
 from pretrain.config import Config
 from pretrain.parallel.layout import ParallelLayout
 from pretrain.parallel.mpu import MegatronMPU
+from pretrain.parallel.sequence_parallel import register_sequence_parallel_grad_hooks
 from pretrain.train.schedule import lr_multiplier
 
 
@@ -44,6 +45,8 @@ def build_engine(cfg: Config, model: torch.nn.Module, layout: ParallelLayout):
                                   betas=(optim.beta1, optim.beta2), eps=optim.eps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(optim, cfg.train.train_steps))
     _skip_shm_comm_build()
+    # megatron's finalize_model_grads would sum these over the TP group; DeepSpeed does not.
+    register_sequence_parallel_grad_hooks(model)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=deepspeed_config(cfg, layout), mpu=MegatronMPU())
     return engine

@@ -50,7 +50,8 @@ def build_trainer(cfg: Config, config_dict: dict, layout: ParallelLayout, tokeni
         run_dir.mkdir(parents=True, exist_ok=True)
         write_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(config_dict))
     vocab_size = padded_vocab_size(cfg.model.vocab_size or tokenizer.vocab_size, cfg.model, layout.tensor_parallel_size)
-    model = build_model(cfg.model, vocab_size, layout.tensor_parallel_size, DTYPES[cfg.train.precision])
+    model = build_model(cfg.model, vocab_size, layout.tensor_parallel_size, DTYPES[cfg.train.precision],
+                        sequence_parallel=cfg.parallel.sequence_parallel)
     engine = build_engine(cfg, model, layout)
     trainer = Trainer(engine, train_batches(cfg, layout), build_callbacks(cfg, config_dict, layout, tokenizer),
                       str(run_dir), cfg.train.train_steps, cfg.model.seq_length, engine.device)
