@@ -15,7 +15,6 @@ from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
 from megatron.core.models.gpt import GPTModel
 from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
 from megatron.core.transformer.attention import SelfAttention, SelfAttentionSubmodules
-from megatron.core.transformer.dot_product_attention import DotProductAttention
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.identity_op import IdentityOp
 from megatron.core.transformer.mlp import MLP, MLPSubmodules
@@ -24,7 +23,10 @@ from megatron.core.transformer.transformer_block import TransformerBlockSubmodul
 from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.transformer.transformer_layer import TransformerLayer, TransformerLayerSubmodules
 
+from pretrain.model.attention import core_attention_module
 from pretrain.model.config import ModelConfig
+from pretrain.model.documents import ModelInputs, positioned_gpt_model
+from pretrain.model.moe import moe_mlp_spec, moe_options
 from pretrain.model.norm import RMSNorm
 from pretrain.parallel import cpu_compat
 
@@ -39,7 +41,7 @@ def layer_spec(cfg: ModelConfig) -> ModuleSpec:
         params={"attn_mask_type": AttnMaskType.causal},
         submodules=SelfAttentionSubmodules(
             linear_qkv=ColumnParallelLinear,
-            core_attention=DotProductAttention,
+            core_attention=core_attention_module(cfg),
             linear_proj=RowParallelLinear,
             q_layernorm=IdentityOp,
             k_layernorm=IdentityOp,
@@ -56,7 +58,7 @@ def layer_spec(cfg: ModelConfig) -> ModuleSpec:
             self_attention=attention,
             self_attn_bda=get_bias_dropout_add,
             pre_mlp_layernorm=RMSNorm,
-            mlp=mlp,
+            mlp=moe_mlp_spec(cfg) if cfg.moe.enabled else mlp,
             mlp_bda=get_bias_dropout_add,
         ),
     )
@@ -72,9 +74,12 @@ def transformer_config(
     tensor_parallel_size: int,
     params_dtype: torch.dtype = torch.float32,
     sequence_parallel: bool = False,
+    expert_parallel_size: int = 1,
 ) -> TransformerConfig:
     """megatron TransformerConfig for `cfg`: RMSNorm, SwiGLU, GQA, no biases, no dropout, no fusions."""
     return TransformerConfig(
+        **recompute_options(cfg.activation_checkpointing),
+        **moe_options(cfg.moe, cfg.ffn_hidden_size, expert_parallel_size),
         num_layers=cfg.num_layers,
         hidden_size=cfg.hidden_size,
         num_attention_heads=cfg.num_attention_heads,
@@ -107,6 +112,19 @@ def transformer_config(
     )
 
 
+def recompute_options(activation_checkpointing: str) -> dict:
+    """TransformerConfig fields for model.activation_checkpointing.
+
+    selective recomputes only core attention (its s x s scores are the largest activation and
+    the cheapest to redo); full recomputes each whole layer from its input.
+    """
+    if activation_checkpointing == "selective":
+        return {"recompute_granularity": "selective", "recompute_modules": ["core_attn"]}
+    if activation_checkpointing == "full":
+        return {"recompute_granularity": "full", "recompute_method": "uniform", "recompute_num_layers": 1}
+    return {}
+
+
 def padded_vocab_size(vocab_size: int, cfg: ModelConfig, tensor_parallel_size: int) -> int:
     """Round the vocabulary up to a multiple of make_vocab_size_divisible_by * tensor_parallel_size."""
     multiple = cfg.make_vocab_size_divisible_by * tensor_parallel_size
@@ -119,14 +137,16 @@ def build_model(
     tensor_parallel_size: int,
     params_dtype: torch.dtype = torch.float32,
     sequence_parallel: bool = False,
+    expert_parallel_size: int = 1,
 ) -> GPTModel:
     """This rank's GPTModel shard; megatron's parallel_state must be initialized (see init_distributed).
 
     vocab_size is used as given: pad it first with padded_vocab_size.
     """
     cpu_compat.apply()
-    model = GPTModel(
-        config=transformer_config(cfg, tensor_parallel_size, params_dtype, sequence_parallel),
+    model_class = positioned_gpt_model() if cfg.document_masking == "reset_position_ids" else GPTModel
+    model = model_class(
+        config=transformer_config(cfg, tensor_parallel_size, params_dtype, sequence_parallel, expert_parallel_size),
         transformer_layer_spec=block_spec(cfg),
         vocab_size=vocab_size,
         max_sequence_length=cfg.seq_length,
@@ -143,17 +163,18 @@ def build_model(
     return model
 
 
-def language_model_loss(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+def language_model_loss(model: torch.nn.Module, tokens: torch.Tensor,
+                        model_inputs: ModelInputs = ModelInputs()) -> torch.Tensor:
     """Mean next-token cross-entropy of tokens [b, s+1]: inputs tokens[:, :-1], labels tokens[:, 1:].
 
     `model` is a GPTModel or a wrapper that forwards keyword arguments (a DeepSpeed engine).
+    `model_inputs` gives position ids and attention mask (document masking; plain causal by default).
     Under tensor parallelism every rank of the TP group returns the same (full-vocabulary) loss.
     """
     input_ids, labels = tokens[:, :-1], tokens[:, 1:]
-    batch, seq = input_ids.shape
-    position_ids = torch.arange(seq, device=tokens.device).unsqueeze(0).expand(batch, seq)
-    # attention_mask=None: megatron builds the causal mask itself.
-    per_token_loss = model(input_ids=input_ids, position_ids=position_ids, attention_mask=None, labels=labels)
+    position_ids, attention_mask = model_inputs(input_ids)
+    per_token_loss = model(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
+                           labels=labels)
     return per_token_loss.float().mean()
 
 

@@ -7,11 +7,15 @@ from pretrain.tokenizers.tokenizer import Tokenizer
 
 
 def check_device(cfg: Config) -> None:
-    """fp16 needs a GPU: DeepSpeed refuses it on the CPU accelerator, deep inside initialize."""
+    """fp16 needs a GPU (DeepSpeed refuses it on the CPU accelerator, deep inside initialize), and so
+    do the flash and te attention backends."""
     import torch
 
     if cfg.train.precision == "fp16" and not torch.cuda.is_available():
         raise ConfigError("train.precision", "fp16 needs a CUDA GPU; use bf16 or fp32 on this machine")
+    from pretrain.model.backends import check_attention
+
+    check_attention(cfg.model, torch.cuda.is_available())  # flash-attn / Transformer Engine installed
 
 
 def check_inputs(cfg: Config) -> Tokenizer:

@@ -10,6 +10,7 @@ from pretrain.checkpoint import store
 from pretrain.config import Config
 from pretrain.data.loader import ShardedSamples, TrainBatches, valid_batches
 from pretrain.io import write_atomic
+from pretrain.model.documents import ModelInputs
 from pretrain.model.gpt import build_model, padded_vocab_size
 from pretrain.monitor.metrics import MetricsFile
 from pretrain.monitor.wandb_run import start_run
@@ -54,7 +55,8 @@ def build_trainer(cfg: Config, config_dict: dict, layout: ParallelLayout, tokeni
                         sequence_parallel=cfg.parallel.sequence_parallel)
     engine = build_engine(cfg, model, layout)
     trainer = Trainer(engine, train_batches(cfg, layout), build_callbacks(cfg, config_dict, layout, tokenizer),
-                      str(run_dir), cfg.train.train_steps, cfg.model.seq_length, engine.device)
+                      str(run_dir), cfg.train.train_steps, cfg.model.seq_length, engine.device,
+                      ModelInputs(cfg.model.document_masking, tokenizer.eos_id))
     trainer.inject_nonfinite_steps = {int(s) for s in os.environ.get(INJECT_NONFINITE, "").split(",") if s}
     trainer.inject_hang = _injected_hang(layout.rank)
     resume(trainer, run_dir, cfg.train.checkpoint.verify)

@@ -9,13 +9,17 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 
 from pretrain import exit_codes
+from pretrain.model.documents import ModelInputs
 from pretrain.model.gpt import language_model_loss
 from pretrain.train.faults import kill_point
 
 
 class Trainer:
-    def __init__(self, engine, batches, callbacks, run_dir: str, train_steps: int, seq_length: int, device):
+    def __init__(self, engine, batches, callbacks, run_dir: str, train_steps: int, seq_length: int, device,
+                 model_inputs: ModelInputs = ModelInputs()):
         self.engine = engine
+        self.model_inputs = model_inputs
+        """Position ids and attention mask of each micro-batch (document masking)."""
         self.batches = batches
         self.callbacks = callbacks
         self.run_dir = Path(run_dir)
@@ -104,7 +108,7 @@ class Trainer:
         micro_batches = self.batches.next_global_batch()
         for index, micro_batch in enumerate(micro_batches):
             kill_point("forward", self.step + 1)
-            loss = language_model_loss(self.engine, micro_batch["tokens"].to(self.device))
+            loss = language_model_loss(self.engine, micro_batch["tokens"].to(self.device), self.model_inputs)
             if self.step + 1 in self.inject_nonfinite_steps:
                 loss = loss * float("nan")  # once: a rolled-back run meets new data at this step
             kill_point("backward", self.step + 1)
@@ -130,7 +134,7 @@ class Trainer:
         self.engine.eval()
         total = torch.zeros(2, dtype=torch.float64)  # [sum of per-sample mean losses, samples]
         for mb in micro_batches:
-            loss = language_model_loss(self.engine, mb["tokens"].to(self.device))
+            loss = language_model_loss(self.engine, mb["tokens"].to(self.device), self.model_inputs)
             total += torch.tensor([loss.item() * len(mb["tokens"]), len(mb["tokens"])], dtype=torch.float64)
         self.engine.train()
         dist.all_reduce(total, group=parallel_state.get_data_parallel_group())
