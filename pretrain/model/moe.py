@@ -37,16 +37,23 @@ def moe_options(moe: MoEConfig, ffn_hidden_size: int, expert_parallel_size: int)
     }
 
 
-def moe_aux_losses() -> dict[str, float]:
-    """The auxiliary losses megatron tracked since the last call (mean over layers), then cleared.
+def set_aux_loss_scale(scale: float) -> None:
+    """The factor on the aux loss's gradient: the one the training loss gets in backward."""
+    import torch
+    from megatron.core.transformer.moe.moe_utils import MoEAuxLossAutoScaler
 
-    Values are this rank's; megatron reduces them over its groups only in its own logging path.
+    MoEAuxLossAutoScaler.set_loss_scale(torch.tensor(scale))
+
+
+def tracked_aux_losses() -> dict:
+    """{name: (per-layer sums since the last call, reduce group)} from megatron's tracker, then cleared.
+
+    Each value is this rank's share: under sequence parallelism a rank routes only its slice
+    of the tokens, and the reduce group (the TP group) holds the other shares to sum.
     """
     from megatron.core.transformer.moe.moe_utils import clear_aux_losses_tracker, get_moe_layer_wise_logging_tracker
 
-    tracked = {}
-    for name, entry in get_moe_layer_wise_logging_tracker().items():
-        values = entry["values"]
-        tracked[name] = float(values.float().mean()) if values.numel() else 0.0
+    tracked = {name: (entry["values"].detach().clone(), entry.get("reduce_group"))
+               for name, entry in get_moe_layer_wise_logging_tracker().items()}
     clear_aux_losses_tracker()
     return tracked

@@ -61,6 +61,7 @@ class StepMetrics(Callback):
                 "grad_norm": metrics["grad_norm"],
                 "tokens_per_second": self.tokens_per_step * len(self.losses) / self.seconds,
                 "consumed_samples": trainer.batches.consumed_samples,
+                **metrics.get("aux_losses", {}),  # MoE: the last step's load-balancing loss
             })
             self._reset()
 

@@ -57,3 +57,12 @@ def _skip_shm_comm_build() -> None:
     # 30 s of gcc per fresh machine). Plain gloo is enough for CPU runs.
     if not torch.cuda.is_available():
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
+def moe_aux_loss_scale(engine) -> float:
+    """The factor DeepSpeed's backward puts on the loss: 1 / accumulation steps, times the fp16 loss
+    scale. megatron adds the MoE aux loss's gradient in backward at its own scale, which must match."""
+    scale = 1.0 / engine.gradient_accumulation_steps()
+    if engine.fp16_enabled():
+        scale *= float(engine.optimizer.cur_scale)
+    return scale

@@ -11,6 +11,8 @@ from megatron.core import parallel_state
 from pretrain import exit_codes
 from pretrain.model.documents import ModelInputs
 from pretrain.model.gpt import language_model_loss
+from pretrain.model.moe import set_aux_loss_scale, tracked_aux_losses
+from pretrain.train.engine import moe_aux_loss_scale
 from pretrain.train.faults import kill_point
 
 
@@ -104,6 +106,7 @@ class Trainer:
         self._progress(-1)
         self.engine.train()
         lr = self.engine.get_lr()[0]
+        set_aux_loss_scale(moe_aux_loss_scale(self.engine))  # MoE only; the fp16 scale changes
         losses, sample_ids = [], []
         micro_batches = self.batches.next_global_batch()
         for index, micro_batch in enumerate(micro_batches):
@@ -126,7 +129,18 @@ class Trainer:
             "lr": lr,
             "grad_norm": _as_float(self.engine.get_global_grad_norm()),
             "step_time": time.perf_counter() - started,
+            "aux_losses": self._aux_losses(len(micro_batches)),
         }
+
+    def _aux_losses(self, micro_batches: int) -> dict[str, float]:
+        """MoE auxiliary losses of this step (none for a dense model): mean over layers and micro-batches,
+        summed over the ranks that share a micro-batch's tokens, averaged over data parallel."""
+        losses = {}
+        for name, (per_layer, reduce_group) in tracked_aux_losses().items():
+            if reduce_group is not None:
+                dist.all_reduce(per_layer, group=reduce_group)
+            losses[name] = self._data_parallel_mean(per_layer.mean() / micro_batches)
+        return losses
 
     @torch.no_grad()
     def evaluate(self, micro_batches: list[dict]) -> float:

@@ -7,9 +7,10 @@ import reference_llama
 import torch
 from dist_utils import single_process_group
 
-from pretrain.model.config import ModelConfig
+from pretrain.model.config import ModelConfig, MoEConfig
 from pretrain.model.documents import ModelInputs
 from pretrain.model.gpt import build_model, language_model_loss
+from pretrain.model.moe import set_aux_loss_scale
 from pretrain.parallel.layout import set_seed
 
 VOCAB = 256
@@ -114,3 +115,27 @@ def test_activation_checkpointing_recomputes_and_changes_no_number(checkpointing
     layers = model.config.num_layers
     assert calls == {kind: 2 * layers if kind in recomputed else layers for kind in calls}
     torch.testing.assert_close(result, reference, rtol=0, atol=0)  # the same ops again: bitwise
+
+
+def router_grads_and_aux(aux_loss_coeff: float):
+    from pretrain.model.moe import tracked_aux_losses
+
+    model = built(tiny(moe=MoEConfig(num_experts=4, router_topk=2, aux_loss_coeff=aux_loss_coeff)))
+    tracked_aux_losses()  # start from an empty tracker
+    loss, grads = loss_and_grads(model, packed_tokens())
+    routers = {name: grad for name, grad in grads.items() if name.endswith("router.weight")}
+    return loss, routers, {name: float(values.mean()) for name, (values, _) in tracked_aux_losses().items()}
+
+
+def test_moe_aux_loss_reaches_the_router_gradients_in_proportion_to_its_coefficient():
+    set_aux_loss_scale(1.0)
+    loss0, grads0, _ = router_grads_and_aux(0.0)
+    loss1, grads1, aux = router_grads_and_aux(0.1)
+    loss2, grads2, _ = router_grads_and_aux(0.2)
+    assert len(grads0) == 2 and loss0 == loss1 == loss2  # the aux term is added in backward only
+    # Logged unweighted: 1 for a perfectly balanced router, and a fresh one is close to balanced.
+    assert set(aux) == {"load_balancing_loss"} and abs(aux["load_balancing_loss"] - 1) < 0.2
+    for name in grads0:
+        effect = grads1[name] - grads0[name]
+        assert effect.abs().max() > 1e-4 * grads0[name].abs().max()
+        torch.testing.assert_close(grads2[name] - grads0[name], 2 * effect, rtol=1e-3, atol=1e-7)
