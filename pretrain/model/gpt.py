@@ -24,6 +24,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.transformer.transformer_layer import TransformerLayer, TransformerLayerSubmodules
 
 from pretrain.model.attention import core_attention_module
+from pretrain.model.compile import compile_layers
 from pretrain.model.config import ModelConfig
 from pretrain.model.documents import ModelInputs, positioned_gpt_model
 from pretrain.model.moe import moe_mlp_spec, moe_options
@@ -160,6 +161,8 @@ def build_model(
     if torch.cuda.is_available():
         # megatron puts its parallel layers on the GPU; norms are built on the CPU like apex's.
         model.cuda(torch.cuda.current_device())
+    if cfg.compile:
+        compile_layers(model)
     return model
 
 

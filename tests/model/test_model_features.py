@@ -139,3 +139,24 @@ def test_moe_aux_loss_reaches_the_router_gradients_in_proportion_to_its_coeffici
         effect = grads1[name] - grads0[name]
         assert effect.abs().max() > 1e-4 * grads0[name].abs().max()
         torch.testing.assert_close(grads2[name] - grads0[name], 2 * effect, rtol=1e-3, atol=1e-7)
+
+
+def test_compiled_layers_give_eager_loss_and_gradients_in_one_graph(tmp_path, monkeypatch):
+    import tempfile
+
+    import torch._dynamo
+
+    # Inductor writes its cache under both of these (TMPDIR even when the cache dir is set).
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    tokens = packed_tokens()
+    reference = loss_and_grads(built(tiny()), tokens)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    compiled = loss_and_grads(built(tiny(compile=True)), tokens)
+    counters = torch._dynamo.utils.counters
+    assert counters["stats"]["unique_graphs"] == 1  # one graph, shared by both layers
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    # Inductor fuses and reorders fp32 arithmetic: equal to rounding, not bitwise.
+    torch.testing.assert_close(compiled, reference, rtol=1e-5, atol=1e-6)
