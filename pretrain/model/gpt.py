@@ -192,6 +192,9 @@ def matmul_parameters(cfg: ModelConfig, vocab_size: int) -> int:
     qkv = cfg.hidden_size * (cfg.num_attention_heads + 2 * cfg.num_query_groups) * head_dim
     proj = cfg.num_attention_heads * head_dim * cfg.hidden_size
     mlp = 3 * cfg.hidden_size * cfg.ffn_hidden_size  # gate, up, down
+    if cfg.moe.enabled:  # the router, and only the router_topk experts a token goes through
+        expert_ffn = cfg.moe.ffn_hidden_size or cfg.ffn_hidden_size
+        mlp = cfg.hidden_size * cfg.moe.num_experts + cfg.moe.router_topk * 3 * cfg.hidden_size * expert_ffn
     return cfg.num_layers * (qkv + proj + mlp) + vocab_size * cfg.hidden_size
 
 

@@ -160,3 +160,14 @@ def test_compiled_layers_give_eager_loss_and_gradients_in_one_graph(tmp_path, mo
     assert not counters["graph_break"], dict(counters["graph_break"])
     # Inductor fuses and reorders fp32 arithmetic: equal to rounding, not bitwise.
     torch.testing.assert_close(compiled, reference, rtol=1e-5, atol=1e-6)
+
+
+def test_moe_flops_count_the_router_and_the_routed_experts_only():
+    from pretrain.model.gpt import count_parameters, matmul_parameters
+
+    dense, moe = tiny(), tiny(moe=MoEConfig(num_experts=4, router_topk=2, ffn_hidden_size=48))
+    h, layers = dense.hidden_size, dense.num_layers
+    per_layer_change = (h * 4 + 2 * 3 * h * 48) - 3 * h * dense.ffn_hidden_size
+    assert matmul_parameters(moe, VOCAB) == matmul_parameters(dense, VOCAB) + layers * per_layer_change
+    held = count_parameters(built(moe)) - count_parameters(built(dense))
+    assert held == layers * (h * 4 + 4 * 3 * h * 48 - 3 * h * dense.ffn_hidden_size)  # every expert is held
