@@ -48,9 +48,12 @@ class SDPAttention(_CoreAttention):
         if attention_mask is None:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal, scale=self.softmax_scale,
                                                  enable_gqa=True)
-        else:  # megatron's mask is True where masked; SDPA's is True where attended
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=~attention_mask, scale=self.softmax_scale,
-                                                 enable_gqa=True)
+        else:
+            # The kernels that take a mask on a GPU (memory-efficient) do not take grouped key/value
+            # heads, so they are repeated here: query head i reads group i // (heads / groups).
+            k, v = (x.repeat_interleave(q.shape[1] // x.shape[1], dim=1) for x in (k, v))
+            # megatron's mask is True where masked; SDPA's is True where attended.
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=~attention_mask, scale=self.softmax_scale)
         return out.permute(2, 0, 1, 3).flatten(2)  # [sq, b, heads * d]
 
 

@@ -22,7 +22,6 @@ redirects exactly those to the CPU, and is a no-op when `torch.cuda.is_available
 3. The default causal mask. `transformer/utils.py` builds it (and the sliding-window mask)
    with `device="cuda"`; `fusions/fused_softmax.py` imports both by name and calls them
    when attention gets no mask. Both names are rebound, in both modules, to CPU versions.
-
 4. MoE's side stream. The `alltoall` token dispatcher (`transformer/moe/token_dispatcher.py`)
    creates a `torch.cuda.Stream` in its constructor, compares it with
    `torch.cuda.current_stream()`, copies routing counts to the host inside
@@ -32,15 +31,15 @@ redirects exactly those to the CPU, and is a no-op when `torch.cuda.is_available
    its own stream and never waits (`torch.cuda.stream(...)` is already a no-op without CUDA).
 5. MoE split sizes. `moe_utils.maybe_move_tensor_to_cpu(..., as_numpy=True)` converts the
    all-to-all split sizes to numpy only for CUDA tensors; CPU tensors come back as tensors,
-   which gloo's `all_to_all_single` refuses as split sizes. The dispatcher's copy of the name
-   is rebound to a version that converts CPU tensors too.
+   which gloo's `all_to_all_single` refuses as split sizes (reached with expert parallelism).
+   The dispatcher's copy of the name is rebound to a version that converts CPU tensors too.
 
 Independent of the device, on any install without Transformer Engine (GPU hosts too):
 `moe_utils.router_gating_linear` tests `te_general_gemm is not None`, a name bound only when
 TE imports, so the MoE router raises NameError. `apply()` binds it to None there (megatron's
 own meaning of "no TE kernel"), before its early return on CUDA hosts. megatron's
 `track_moe_metrics` (which allocates on `device="cuda"`) is not redirected: the trainer reads
-the aux-loss tracker itself (`pretrain.model.moe.moe_aux_losses`).
+the aux-loss tracker itself (`pretrain.model.moe.tracked_aux_losses`).
 
 Items 1, 2 and 4 replace attributes of `torch.cuda` process-wide: megatron reaches them as
 `torch.cuda.X` from dozens of call sites, so there is no narrower handle. They only change
