@@ -171,3 +171,17 @@ def test_moe_flops_count_the_router_and_the_routed_experts_only():
     assert matmul_parameters(moe, VOCAB) == matmul_parameters(dense, VOCAB) + layers * per_layer_change
     held = count_parameters(built(moe)) - count_parameters(built(dense))
     assert held == layers * (h * 4 + 4 * 3 * h * 48 - 3 * h * dense.ffn_hidden_size)  # every expert is held
+
+
+def test_attention_backend_is_resolved_for_the_host_and_checked_before_launch():
+    from pretrain.errors import ConfigError
+    from pretrain.model.backends import check_attention, installed, resolve_attention
+
+    assert resolve_attention(tiny(attention="local"), cuda=True) == "local"
+    assert resolve_attention(tiny(), cuda=False) == "sdpa"  # flash-attn is for GPUs
+    assert resolve_attention(tiny(document_masking="block_causal"), cuda=True) == "sdpa"
+    assert resolve_attention(tiny(), cuda=True) == ("flash" if installed("flash_attn") else "sdpa")
+    with pytest.raises(ConfigError) as error:
+        check_attention(tiny(attention="flash"), cuda=False)
+    assert error.value.key == "model.attention"
+    assert check_attention(tiny(attention="sdpa"), cuda=False) == "sdpa"

@@ -68,6 +68,14 @@ def test_fp16_without_a_gpu_is_a_one_line_error(data_root, tmp_path):
     assert not (tmp_path / "checkpoints").exists()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="flash-attn is refused only where there is no GPU")
+def test_flash_attention_without_a_gpu_is_a_one_line_error(data_root, tmp_path):
+    result = run_train(data_root, tmp_path, "model.attention=flash", check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "pretrain: error: model.attention: flash needs a CUDA GPU and the flash_attn package; use sdpa or auto"]
+
+
 def test_data_parallel_ranks_split_each_global_batch(data_root, tmp_path):
     run_train(data_root, tmp_path, "train.train_steps=2", "train.eval_interval=0")
     ranks = list(sample_ids(tmp_path).values())
