@@ -26,8 +26,8 @@ def test_reference_learns(reference):
 @pytest.mark.parametrize("tp, zero, sequence_parallel", [
     (1, 1, False), (1, 3, False), (2, 1, False), (2, 3, False),
     # Sequence parallel: the norms' gradients are summed over the TP group by our hook, which
-    # must come before ZeRO 2's reduction in backward as well as ZeRO 1's after it.
-    (2, 1, True), (2, 2, True),
+    # must come before the reduction in backward of ZeRO 2 and 3 as well as ZeRO 1's after it.
+    (2, 1, True), (2, 2, True), (2, 3, True),
 ])
 def test_layouts_match_the_single_process_run(data_root, reference, tmp_path, tp, zero, sequence_parallel):
     run_train(data_root, tmp_path, f"parallel.tensor_parallel_size={tp}", f"parallel.zero_stage={zero}",
