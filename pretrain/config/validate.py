@@ -1,5 +1,7 @@
 """Checks across components, run before any process group, model or file is created."""
 
+import sys
+
 from pretrain.config.schema import Config
 from pretrain.errors import ConfigError
 
@@ -29,3 +31,39 @@ def validate(cfg: Config, world_size: int) -> None:
         # DeepSpeed's bf16 optimizer at stage 0 reports only rank 0's share of the grad norm
         # under tensor parallelism, so clipping would be too weak.
         raise ConfigError("parallel.zero_stage", "bf16 with tensor_parallel_size > 1 needs zero_stage >= 1")
+    check_model_parallel_features(cfg, tp, dp)
+
+
+def check_model_parallel_features(cfg: Config, tp: int, dp: int) -> None:
+    """Sequence parallel, experts and document masking against the layout and the attention backend."""
+    model, parallel = cfg.model, cfg.parallel
+    if parallel.sequence_parallel and tp == 1:
+        print("pretrain: warning: parallel.sequence_parallel does nothing with tensor_parallel_size=1",
+              file=sys.stderr)
+    if parallel.sequence_parallel and tp > 1 and model.seq_length % tp:
+        raise ConfigError("model.seq_length", f"{model.seq_length} is not divisible by tensor_parallel_size={tp} "
+                          "(sequence parallel splits the sequence)")
+    if model.moe.enabled and tp > 1 and not parallel.sequence_parallel:
+        raise ConfigError("parallel.sequence_parallel", "mixture of experts with tensor_parallel_size > 1 "
+                          "needs sequence_parallel=true")
+    check_expert_parallel(cfg, dp)
+    if model.document_masking == "block_causal" and model.attention in ("flash", "te"):
+        raise ConfigError("model.document_masking", f"block_causal needs attention sdpa, local or auto, "
+                          f"not model.attention={model.attention}")
+
+
+def check_expert_parallel(cfg: Config, dp: int) -> None:
+    """Experts are split over expert_parallel_size ranks of the data-parallel group."""
+    ep, experts = cfg.parallel.expert_parallel_size, cfg.model.moe.num_experts
+    if ep == 1:
+        return
+    if not experts:
+        raise ConfigError("parallel.expert_parallel_size", f"{ep} needs model.moe.num_experts > 0")
+    if dp % ep:
+        raise ConfigError("parallel.expert_parallel_size", f"{ep} does not divide the data-parallel size {dp}")
+    if experts % ep:
+        raise ConfigError("parallel.expert_parallel_size", f"{ep} does not divide model.moe.num_experts={experts}")
+    # DeepSpeed would average each expert's gradient with other ranks' different experts over the
+    # whole data-parallel group, and ZeRO would make the shards equal again after each step.
+    raise ConfigError("parallel.expert_parallel_size", f"{ep}: expert parallelism under DeepSpeed's data "
+                      "parallelism is not supported yet; use 1 (experts replicated over data parallel)")

@@ -9,18 +9,34 @@ def head_dim(cfg: ModelConfig) -> int:
     return cfg.hidden_size // cfg.num_attention_heads
 
 
-def layer_matmul_parameters(cfg: ModelConfig) -> int:
-    """Weights of one decoder layer's matrices: qkv, attention output, SwiGLU gate/up/down."""
+def attention_parameters(cfg: ModelConfig) -> int:
+    """Weights of one layer's qkv and attention output matrices."""
     d = head_dim(cfg)
     qkv = cfg.hidden_size * (cfg.num_attention_heads + 2 * cfg.num_query_groups) * d
-    proj = cfg.num_attention_heads * d * cfg.hidden_size
-    mlp = 3 * cfg.hidden_size * cfg.ffn_hidden_size  # gate, up, down
-    return qkv + proj + mlp
+    return qkv + cfg.num_attention_heads * d * cfg.hidden_size
+
+
+def mlp_parameters(cfg: ModelConfig, experts: int | None = None) -> int:
+    """Weights of one layer's SwiGLU gate/up/down; with MoE, of `experts` experts (default: all)
+    plus the router."""
+    if not cfg.moe.enabled:
+        return 3 * cfg.hidden_size * cfg.ffn_hidden_size
+    expert_ffn = cfg.moe.ffn_hidden_size or cfg.ffn_hidden_size
+    count = cfg.moe.num_experts if experts is None else experts
+    return cfg.hidden_size * cfg.moe.num_experts + count * 3 * cfg.hidden_size * expert_ffn
+
+
+def layer_matmul_parameters(cfg: ModelConfig) -> int:
+    """Weights of one decoder layer's matrices: qkv, attention output, SwiGLU (every expert)."""
+    return attention_parameters(cfg) + mlp_parameters(cfg)
 
 
 def matmul_parameters(cfg: ModelConfig, vocab_size: int) -> int:
-    """Weights that take part in a matrix multiply per token: all layers plus the output layer."""
-    return cfg.num_layers * layer_matmul_parameters(cfg) + vocab_size * cfg.hidden_size
+    """Weights that take part in a matrix multiply per token: all layers plus the output layer.
+    With MoE, the router and only the router_topk experts a token goes through."""
+    active = cfg.moe.router_topk if cfg.moe.enabled else None
+    per_layer = attention_parameters(cfg) + mlp_parameters(cfg, active)
+    return cfg.num_layers * per_layer + vocab_size * cfg.hidden_size
 
 
 def total_parameters(cfg: ModelConfig, vocab_size: int) -> int:

@@ -16,7 +16,6 @@ from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
 from megatron.core.models.gpt import GPTModel
 from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
 from megatron.core.transformer.attention import SelfAttention, SelfAttentionSubmodules
-from megatron.core.transformer.dot_product_attention import DotProductAttention
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.identity_op import IdentityOp
 from megatron.core.transformer.mlp import MLPSubmodules
@@ -26,8 +25,12 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.transformer.transformer_layer import TransformerLayer, TransformerLayerSubmodules
 
 from pretrain.kernels import select_kernels
+from pretrain.model.attention import core_attention_module
+from pretrain.model.compile import compile_layers
 from pretrain.model.config import ModelConfig
+from pretrain.model.documents import ModelInputs, positioned_gpt_model
 from pretrain.model.flops import flops_per_token, matmul_parameters, padded_vocab_size  # noqa: F401 (re-exported)
+from pretrain.model.moe import moe_mlp_spec, moe_options
 from pretrain.parallel import cpu_compat
 
 
@@ -42,7 +45,7 @@ def layer_spec(cfg: ModelConfig) -> ModuleSpec:
         params={"attn_mask_type": AttnMaskType.causal},
         submodules=SelfAttentionSubmodules(
             linear_qkv=ColumnParallelLinear,
-            core_attention=DotProductAttention,
+            core_attention=core_attention_module(cfg),
             linear_proj=RowParallelLinear,
             q_layernorm=IdentityOp,
             k_layernorm=IdentityOp,
@@ -59,7 +62,7 @@ def layer_spec(cfg: ModelConfig) -> ModuleSpec:
             self_attention=attention,
             self_attn_bda=get_bias_dropout_add,
             pre_mlp_layernorm=kernels.norm,
-            mlp=mlp,
+            mlp=moe_mlp_spec(cfg) if cfg.moe.enabled else mlp,
             mlp_bda=get_bias_dropout_add,
         ),
     )
@@ -76,9 +79,12 @@ def transformer_config(
     tensor_parallel_size: int,
     params_dtype: torch.dtype = torch.float32,
     sequence_parallel: bool = False,
+    expert_parallel_size: int = 1,
 ) -> TransformerConfig:
     """megatron TransformerConfig for `cfg`: RMSNorm, SwiGLU, GQA, no biases, no dropout, no fusions."""
     return TransformerConfig(
+        **recompute_options(cfg.activation_checkpointing),
+        **moe_options(cfg.moe, cfg.ffn_hidden_size, expert_parallel_size),
         num_layers=cfg.num_layers,
         hidden_size=cfg.hidden_size,
         num_attention_heads=cfg.num_attention_heads,
@@ -112,20 +118,35 @@ def transformer_config(
     )
 
 
+def recompute_options(activation_checkpointing: str) -> dict:
+    """TransformerConfig fields for model.activation_checkpointing.
+
+    selective recomputes only core attention (its s x s scores are the largest activation and
+    the cheapest to redo); full recomputes each whole layer from its input.
+    """
+    if activation_checkpointing == "selective":
+        return {"recompute_granularity": "selective", "recompute_modules": ["core_attn"]}
+    if activation_checkpointing == "full":
+        return {"recompute_granularity": "full", "recompute_method": "uniform", "recompute_num_layers": 1}
+    return {}
+
+
 def build_model(
     cfg: ModelConfig,
     vocab_size: int,
     tensor_parallel_size: int,
     params_dtype: torch.dtype = torch.float32,
     sequence_parallel: bool = False,
+    expert_parallel_size: int = 1,
 ) -> GPTModel:
     """This rank's GPTModel shard; megatron's parallel_state must be initialized (see init_distributed).
 
     vocab_size is used as given: pad it first with padded_vocab_size.
     """
     cpu_compat.apply()
-    model = GPTModel(
-        config=transformer_config(cfg, tensor_parallel_size, params_dtype, sequence_parallel),
+    model_class = positioned_gpt_model() if cfg.document_masking == "reset_position_ids" else GPTModel
+    model = model_class(
+        config=transformer_config(cfg, tensor_parallel_size, params_dtype, sequence_parallel, expert_parallel_size),
         transformer_layer_spec=block_spec(cfg),
         vocab_size=vocab_size,
         max_sequence_length=cfg.seq_length,
@@ -141,20 +162,22 @@ def build_model(
     if torch.cuda.is_available():
         # megatron puts its parallel layers on the GPU; norms are built on the CPU like apex's.
         model.cuda(torch.cuda.current_device())
+    if cfg.compile:
+        compile_layers(model)
     return model
 
 
-def language_model_loss(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+def language_model_loss(model: torch.nn.Module, tokens: torch.Tensor,
+                        model_inputs: ModelInputs = ModelInputs()) -> torch.Tensor:
     """Mean next-token cross-entropy of tokens [b, s+1]: inputs tokens[:, :-1], labels tokens[:, 1:].
 
     `model` is a GPTModel or a wrapper that forwards keyword arguments (a DeepSpeed engine).
+    `model_inputs` gives position ids and attention mask (document masking; plain causal by default).
     Under tensor parallelism every rank of the TP group returns the same (full-vocabulary) loss.
     """
     input_ids, labels = tokens[:, :-1], tokens[:, 1:]
-    batch, seq = input_ids.shape
-    position_ids = torch.arange(seq, device=tokens.device).unsqueeze(0).expand(batch, seq)
-    # attention_mask=None: megatron builds the causal mask itself.
-    inputs = dict(input_ids=input_ids, position_ids=position_ids, attention_mask=None)
+    position_ids, attention_mask = model_inputs(input_ids)
+    inputs = dict(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask)
     fused_loss = getattr(model, "output_loss", None)  # set by build_model from cfg.kernels
     if fused_loss is not None:
         return fused_loss(model, labels, **inputs)

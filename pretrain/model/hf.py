@@ -329,8 +329,13 @@ def write_safetensors(tensors: dict[str, torch.Tensor], directory: Path, max_sha
 
 def model_config(fields: dict) -> ModelConfig:
     """ModelConfig from a saved config's `model` section (keys unknown to this version ignored)."""
+    from pretrain.model.config import MoEConfig
+
     known = ModelConfig.__dataclass_fields__
-    return ModelConfig(**{k: v for k, v in fields.items() if k in known})
+    kept = {k: v for k, v in fields.items() if k in known}
+    if isinstance(kept.get("moe"), dict):
+        kept["moe"] = MoEConfig(**kept["moe"])
+    return ModelConfig(**kept)
 
 
 def find_checkpoint(run_dir: Path, step: int | None) -> Path:

@@ -22,8 +22,26 @@ redirects exactly those to the CPU, and is a no-op when `torch.cuda.is_available
 3. The default causal mask. `transformer/utils.py` builds it (and the sliding-window mask)
    with `device="cuda"`; `fusions/fused_softmax.py` imports both by name and calls them
    when attention gets no mask. Both names are rebound, in both modules, to CPU versions.
+4. MoE's side stream. The `alltoall` token dispatcher (`transformer/moe/token_dispatcher.py`)
+   creates a `torch.cuda.Stream` in its constructor, compares it with
+   `torch.cuda.current_stream()`, copies routing counts to the host inside
+   `torch.cuda.stream(...)` and waits on an event it records there. On the CPU there is one
+   stream: the dispatcher's class-level stream is preset to a no-op stand-in, and
+   `torch.cuda.current_stream()` returns that same stand-in, so the dispatcher sees itself on
+   its own stream and never waits (`torch.cuda.stream(...)` is already a no-op without CUDA).
+5. MoE split sizes. `moe_utils.maybe_move_tensor_to_cpu(..., as_numpy=True)` converts the
+   all-to-all split sizes to numpy only for CUDA tensors; CPU tensors come back as tensors,
+   which gloo's `all_to_all_single` refuses as split sizes (reached with expert parallelism).
+   The dispatcher's copy of the name is rebound to a version that converts CPU tensors too.
 
-Items 1 and 2 replace attributes of `torch.cuda` process-wide: megatron reaches them as
+Independent of the device, on any install without Transformer Engine (GPU hosts too):
+`moe_utils.router_gating_linear` tests `te_general_gemm is not None`, a name bound only when
+TE imports, so the MoE router raises NameError. `apply()` binds it to None there (megatron's
+own meaning of "no TE kernel"), before its early return on CUDA hosts. megatron's
+`track_moe_metrics` (which allocates on `device="cuda"`) is not redirected: the trainer reads
+the aux-loss tracker itself (`pretrain.model.moe.tracked_aux_losses`).
+
+Items 1, 2 and 4 replace attributes of `torch.cuda` process-wide: megatron reaches them as
 `torch.cuda.X` from dozens of call sites, so there is no narrower handle. They only change
 calls that would otherwise fail or do nothing on this host. Names missing from a given
 megatron-core version are skipped, so the shim is safe across versions.
@@ -39,6 +57,8 @@ log = logging.getLogger(__name__)
 
 _RANDOM_MODULE = "megatron.core.tensor_parallel.random"
 _MASK_MODULES = ("megatron.core.transformer.utils", "megatron.core.fusions.fused_softmax")
+_MOE_UTILS_MODULE = "megatron.core.transformer.moe.moe_utils"
+_DISPATCHER_MODULE = "megatron.core.transformer.moe.token_dispatcher"
 
 _applied = False
 
@@ -46,11 +66,14 @@ _applied = False
 def apply() -> None:
     """Redirect megatron-core's hard-coded CUDA calls to the CPU; idempotent, no-op with CUDA."""
     global _applied
+    _define_missing_transformer_engine_gemm()
     if _applied or torch.cuda.is_available():
         return
     _redirect_current_device()
     _redirect_device_rng()
     _redirect_causal_masks()
+    _redirect_moe_streams()
+    _redirect_moe_split_sizes()
     _applied = True
     log.debug("megatron-core CUDA calls redirected to the CPU")
 
@@ -108,6 +131,53 @@ def _sliding_window_causal_mask(sq: int, skv: int, window_size) -> torch.Tensor:
     allowed = torch.triu(allowed, diagonal=skv - sq - window_size[0])
     allowed = torch.tril(allowed, diagonal=skv - sq + window_size[1])
     return ~allowed
+
+
+def _define_missing_transformer_engine_gemm() -> None:
+    moe_utils = _import(_MOE_UTILS_MODULE)
+    if moe_utils is not None and not hasattr(moe_utils, "te_general_gemm"):
+        moe_utils.te_general_gemm = None
+
+
+class _HostStream:
+    """The one CPU "stream": work is already ordered, so there is nothing to wait for."""
+
+    def wait_stream(self, stream) -> None:
+        pass
+
+    def record_event(self, event=None) -> "_HostEvent":
+        return _HostEvent()
+
+
+class _HostEvent:
+    def synchronize(self) -> None:
+        pass
+
+
+_HOST_STREAM = _HostStream()
+
+
+def _current_stream(device=None) -> _HostStream:
+    return _HOST_STREAM
+
+
+def _redirect_moe_streams() -> None:
+    torch.cuda.current_stream = _current_stream
+    dispatcher = _import(_DISPATCHER_MODULE)
+    if dispatcher is not None and hasattr(dispatcher, "MoEAlltoAllTokenDispatcher"):
+        dispatcher.MoEAlltoAllTokenDispatcher.cuda_dtoh_stream = _HOST_STREAM
+
+
+def _redirect_moe_split_sizes() -> None:
+    _rebind(_import(_DISPATCHER_MODULE), "maybe_move_tensor_to_cpu", _host_tensor)
+
+
+def _host_tensor(tensor, as_numpy: bool = False, record_stream: bool = False):
+    """A host copy of `tensor` (numpy when asked), as megatron's helper gives for CUDA tensors."""
+    if torch.is_tensor(tensor):
+        tensor = tensor.cpu()
+        return tensor.numpy() if as_numpy else tensor
+    return tensor
 
 
 def _import(name: str):

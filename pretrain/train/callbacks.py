@@ -93,6 +93,7 @@ class StepMetrics(Callback):
             "time_optimizer": self.times["time_optimizer"] / steps,
             "time_checkpoint": checkpoint / steps,
             **_memory(),
+            **metrics.get("aux_losses", {}),  # MoE: the last step's load-balancing loss
             "eta_seconds": (trainer.train_steps - trainer.step) * self.seconds / steps,
         }
 

@@ -6,6 +6,7 @@ import torch
 from pretrain.config import Config
 from pretrain.parallel.layout import ParallelLayout
 from pretrain.parallel.mpu import MegatronMPU
+from pretrain.parallel.sequence_parallel import register_sequence_parallel_grad_hooks
 from pretrain.train.schedule import lr_multiplier
 
 
@@ -45,6 +46,8 @@ def build_engine(cfg: Config, model: torch.nn.Module, layout: ParallelLayout):
                                   betas=(optim.beta1, optim.beta2), eps=optim.eps, fused=torch.cuda.is_available())
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(optim, cfg.train.train_steps))
     _skip_shm_comm_build()
+    # megatron's finalize_model_grads would sum these over the TP group; DeepSpeed does not.
+    register_sequence_parallel_grad_hooks(model)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=deepspeed_config(cfg, layout), mpu=MegatronMPU())
     return engine
@@ -55,3 +58,12 @@ def _skip_shm_comm_build() -> None:
     # 30 s of gcc per fresh machine). Plain gloo is enough for CPU runs.
     if not torch.cuda.is_available():
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
+def moe_aux_loss_scale(engine) -> float:
+    """The factor DeepSpeed's backward puts on the loss: 1 / accumulation steps, times the fp16 loss
+    scale. megatron adds the MoE aux loss's gradient in backward at its own scale, which must match."""
+    scale = 1.0 / engine.gradient_accumulation_steps()
+    if engine.fp16_enabled():
+        scale *= float(engine.optimizer.cur_scale)
+    return scale

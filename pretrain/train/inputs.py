@@ -7,14 +7,18 @@ from pretrain.tokenizers.tokenizer import Tokenizer
 
 
 def check_device(cfg: Config) -> None:
-    """fp16 needs a GPU: DeepSpeed refuses it on the CPU accelerator, deep inside initialize."""
+    """fp16 needs a GPU (DeepSpeed refuses it on the CPU accelerator, deep inside initialize), and so
+    do the flash and te attention backends and the triton kernels; apex must be installed to be chosen."""
     import torch
 
     if cfg.train.precision == "fp16" and not torch.cuda.is_available():
         raise ConfigError("train.precision", "fp16 needs a CUDA GPU; use bf16 or fp32 on this machine")
     from pretrain.kernels import resolve
+    from pretrain.model.backends import check_attention
 
     resolve(cfg.model.kernels)  # kernels=apex without apex, or triton without a GPU: one line here
+
+    check_attention(cfg.model, torch.cuda.is_available())  # flash-attn / Transformer Engine installed
 
 
 def check_inputs(cfg: Config) -> Tokenizer:

@@ -10,6 +10,7 @@ from pretrain.checkpoint import store
 from pretrain.config import Config
 from pretrain.data.loader import ShardedSamples, TrainBatches, valid_batches
 from pretrain.io import write_atomic
+from pretrain.model.documents import ModelInputs
 from pretrain.model.gpt import build_model, flops_per_token, padded_vocab_size
 from pretrain.model.transfer import prepare_model
 from pretrain.monitor.evaluators import load_evaluators
@@ -56,12 +57,14 @@ def build_trainer(cfg: Config, config_dict: dict, layout: ParallelLayout, tokeni
         run_dir.mkdir(parents=True, exist_ok=True)
         write_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(config_dict))
     vocab_size = padded_vocab_size(cfg.model.vocab_size or tokenizer.vocab_size, cfg.model, layout.tensor_parallel_size)
-    model = build_model(cfg.model, vocab_size, layout.tensor_parallel_size, DTYPES[cfg.train.precision])
+    model = build_model(cfg.model, vocab_size, layout.tensor_parallel_size, DTYPES[cfg.train.precision],
+                        sequence_parallel=cfg.parallel.sequence_parallel)
     prepare_model(model, cfg.model, vocab_size, layout.tensor_parallel_size, layout.tensor_parallel_rank, run_dir,
                   say=lambda message: print(message, flush=True) if layout.rank == 0 else None)
     engine = build_engine(cfg, model, layout)
     trainer = Trainer(engine, train_batches(cfg, layout), build_callbacks(cfg, config_dict, layout, tokenizer),
-                      str(run_dir), cfg.train.train_steps, cfg.model.seq_length, engine.device)
+                      str(run_dir), cfg.train.train_steps, cfg.model.seq_length, engine.device,
+                      ModelInputs(cfg.model.document_masking, tokenizer.eos_id))
     trainer.inject_nonfinite_steps = {int(s) for s in os.environ.get(INJECT_NONFINITE, "").split(",") if s}
     trainer.inject_hang = _injected_hang(layout.rank)
     trainer.inject_forward_delay = _injected_delay(layout.rank)

@@ -10,13 +10,19 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 
 from pretrain import exit_codes
+from pretrain.model.documents import ModelInputs
 from pretrain.model.gpt import language_model_loss
+from pretrain.model.moe import set_aux_loss_scale, tracked_aux_losses
+from pretrain.train.engine import moe_aux_loss_scale
 from pretrain.train.faults import kill_point
 
 
 class Trainer:
-    def __init__(self, engine, batches, callbacks, run_dir: str, train_steps: int, seq_length: int, device):
+    def __init__(self, engine, batches, callbacks, run_dir: str, train_steps: int, seq_length: int, device,
+                 model_inputs: ModelInputs = ModelInputs()):
         self.engine = engine
+        self.model_inputs = model_inputs
+        """Position ids and attention mask of each micro-batch (document masking)."""
         self.batches = batches
         self.callbacks = callbacks
         self.run_dir = Path(run_dir)
@@ -109,6 +115,7 @@ class Trainer:
         self._progress(-1)
         self.engine.train()
         lr = self.engine.get_lr()[0]
+        set_aux_loss_scale(moe_aux_loss_scale(self.engine))  # MoE only; the fp16 scale changes
         losses, sample_ids = [], []
         micro_batches = self.batches.next_global_batch()
         times = {"time_data": time.perf_counter() - started, "time_forward": 0.0, "time_backward": 0.0}
@@ -116,7 +123,7 @@ class Trainer:
             last = index == len(micro_batches) - 1
             mark = time.perf_counter()
             kill_point("forward", self.step + 1)
-            loss = language_model_loss(self.engine, micro_batch["tokens"].to(self.device))
+            loss = language_model_loss(self.engine, micro_batch["tokens"].to(self.device), self.model_inputs)
             if self.step + 1 in self.inject_nonfinite_steps:
                 loss = loss * float("nan")  # once: a rolled-back run meets new data at this step
             time.sleep(self.inject_forward_delay)
@@ -143,7 +150,18 @@ class Trainer:
             "grad_norm": _as_float(self.engine.get_global_grad_norm()),
             "step_time": time.perf_counter() - started,
             **times,
+            "aux_losses": self._aux_losses(len(micro_batches)),
         }
+
+    def _aux_losses(self, micro_batches: int) -> dict[str, float]:
+        """MoE auxiliary losses of this step (none for a dense model): mean over layers and micro-batches,
+        summed over the ranks that share a micro-batch's tokens, averaged over data parallel."""
+        losses = {}
+        for name, (per_layer, reduce_group) in tracked_aux_losses().items():
+            if reduce_group is not None:
+                dist.all_reduce(per_layer, group=reduce_group)
+            losses[name] = self._data_parallel_mean(per_layer.mean() / micro_batches)
+        return losses
 
     @torch.no_grad()
     def evaluate(self, micro_batches: list[dict], token_bytes: torch.Tensor | None = None) -> dict:
@@ -158,7 +176,7 @@ class Trainer:
         total = torch.zeros(4, dtype=torch.float64)
         for mb in micro_batches:
             tokens = mb["tokens"]
-            loss = language_model_loss(self.engine, tokens.to(self.device)).item()
+            loss = language_model_loss(self.engine, tokens.to(self.device), self.model_inputs).item()
             targets = tokens[:, 1:]
             text_bytes = token_bytes[targets].sum().item() if token_bytes is not None else 0
             total += torch.tensor([loss * len(tokens), len(tokens), loss * targets.numel(), text_bytes],

@@ -63,12 +63,45 @@ def test_bad_values_name_their_key(overrides, key):
     (["train.micro_batch_size=4", "train.global_batch_size=12"], 2, "train.global_batch_size"),
     (["train.precision=bf16", "parallel.tensor_parallel_size=2", "parallel.zero_stage=0"], 2, "parallel.zero_stage"),
     (["model.seq_length=128", "data.shard.sequence_length=64"], 1, "model.seq_length"),
+    (["parallel.tensor_parallel_size=2", "parallel.sequence_parallel=true", "model.seq_length=255",
+      "data.shard.sequence_length=255"], 2, "model.seq_length"),
+    (["model.moe.num_experts=4", "parallel.tensor_parallel_size=2"], 2, "parallel.sequence_parallel"),
+    (["parallel.expert_parallel_size=2"], 2, "parallel.expert_parallel_size"),  # a dense model
+    (["model.moe.num_experts=4", "parallel.expert_parallel_size=2", "train.micro_batch_size=1",
+      "train.global_batch_size=3"], 3, "parallel.expert_parallel_size"),
+    (["model.moe.num_experts=3", "parallel.expert_parallel_size=2"], 2, "parallel.expert_parallel_size"),
+    (["model.moe.num_experts=4", "parallel.expert_parallel_size=2"], 2, "parallel.expert_parallel_size"),
+    (["model.document_masking=block_causal", "model.attention=flash"], 1, "model.document_masking"),
+    (["model.document_masking=block_causal", "model.attention=te"], 1, "model.document_masking"),
 ])
 def test_cross_component_checks(overrides, world_size, key):
     cfg = compose_config(overrides)
     with pytest.raises(ConfigError) as error:
         validate(cfg, world_size)
     assert error.value.key == key
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["model.attention=fast"], "model.attention"),
+    (["model.document_masking=packed"], "model.document_masking"),
+    (["model.activation_checkpointing=all"], "model.activation_checkpointing"),
+    (["model.moe.num_experts=2", "model.moe.router_topk=3"], "model.moe.router_topk"),
+    (["model.moe.token_dispatcher=flex"], "model.moe.token_dispatcher"),
+    (["model.moe.capacity_factor=0"], "model.moe.capacity_factor"),
+    (["parallel.expert_parallel_size=0"], "parallel.expert_parallel_size"),
+])
+def test_bad_model_feature_values_name_their_key(overrides, key):
+    with pytest.raises(ConfigError) as error:
+        compose_config(overrides)
+    assert error.value.key == key
+
+
+def test_sequence_parallel_without_tensor_parallel_warns_and_passes(capsys):
+    validate(compose_config(["parallel.sequence_parallel=true"]), world_size=2)
+    assert "parallel.sequence_parallel does nothing with tensor_parallel_size=1" in capsys.readouterr().err
+    validate(compose_config(["parallel.sequence_parallel=true", "parallel.tensor_parallel_size=2",
+                             "model.moe.num_experts=4", "model.document_masking=block_causal"]), world_size=2)
+    assert capsys.readouterr().err == ""
 
 
 def test_a_valid_layout_passes():

@@ -20,16 +20,18 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
-def rope(x: torch.Tensor, base: float) -> torch.Tensor:
-    """x: [b, heads, s, d] rotated by position (0..s-1)."""
+def rope(x: torch.Tensor, base: float, positions: torch.Tensor | None = None) -> torch.Tensor:
+    """x: [b, heads, s, d] rotated by position (positions [b, s]; 0..s-1 when None)."""
     seq, dim = x.shape[-2], x.shape[-1]
+    if positions is None:
+        positions = torch.arange(seq).expand(x.shape[0], seq)
     inv_freq = 1.0 / base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim)
-    angles = torch.outer(torch.arange(seq, dtype=torch.float32), inv_freq)
-    angles = torch.cat((angles, angles), dim=-1)  # [s, d]
+    angles = positions.float().unsqueeze(-1) * inv_freq  # [b, s, d/2]
+    angles = torch.cat((angles, angles), dim=-1).unsqueeze(1)  # [b, 1, s, d]
     return x * angles.cos() + rotate_half(x) * angles.sin()
 
 
-def attention(x: torch.Tensor, w: dict, prefix: str, cfg: ModelConfig) -> torch.Tensor:
+def attention(x: torch.Tensor, w: dict, prefix: str, cfg: ModelConfig, positions=None) -> torch.Tensor:
     b, s, _ = x.shape
     heads, groups = cfg.num_attention_heads, cfg.num_query_groups
     d = cfg.hidden_size // heads
@@ -38,7 +40,7 @@ def attention(x: torch.Tensor, w: dict, prefix: str, cfg: ModelConfig) -> torch.
     q = qkv[:, :, :, :per_group].reshape(b, s, heads, d).transpose(1, 2)   # [b, Q, s, d]
     k = qkv[:, :, :, per_group].transpose(1, 2)                          # [b, G, s, d]
     v = qkv[:, :, :, per_group + 1].transpose(1, 2)
-    q, k = rope(q, cfg.rotary_base), rope(k, cfg.rotary_base)
+    q, k = rope(q, cfg.rotary_base, positions), rope(k, cfg.rotary_base, positions)
     k = k.repeat_interleave(per_group, dim=1)  # query head i reads group i // per_group
     v = v.repeat_interleave(per_group, dim=1)
     scores = q @ k.transpose(-1, -2) / d**0.5
@@ -53,14 +55,15 @@ def swiglu(x: torch.Tensor, w: dict, prefix: str) -> torch.Tensor:
     return (F.silu(gate) * up) @ w[prefix + "linear_fc2.weight"].T
 
 
-def logits(weights: dict, cfg: ModelConfig, input_ids: torch.Tensor) -> torch.Tensor:
-    """[b, s] token ids -> [b, s, vocab] logits."""
+def logits(weights: dict, cfg: ModelConfig, input_ids: torch.Tensor, positions=None) -> torch.Tensor:
+    """[b, s] token ids -> [b, s, vocab] logits (RoPE at `positions` [b, s], default 0..s-1)."""
     eps = cfg.norm_epsilon
     embedding = weights["embedding.word_embeddings.weight"]
     x = embedding[input_ids]
     for i in range(cfg.num_layers):
         p = f"decoder.layers.{i}."
-        x = x + attention(rms_norm(x, weights[p + "input_layernorm.weight"], eps), weights, p + "self_attention.", cfg)
+        x = x + attention(rms_norm(x, weights[p + "input_layernorm.weight"], eps), weights, p + "self_attention.", cfg,
+                          positions)
         x = x + swiglu(rms_norm(x, weights[p + "pre_mlp_layernorm.weight"], eps), weights, p + "mlp.")
     x = rms_norm(x, weights["decoder.final_layernorm.weight"], eps)
     return x @ weights.get("output_layer.weight", embedding).T

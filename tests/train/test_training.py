@@ -23,11 +23,18 @@ def test_reference_learns(reference):
     assert sorted(valid) == [0, 3, 6] and valid[6] < valid[0]
 
 
-@pytest.mark.parametrize("tp, zero", [(1, 1), (1, 3), (2, 1), (2, 3)])
-def test_layouts_match_the_single_process_run(data_root, reference, tmp_path, tp, zero):
-    run_train(data_root, tmp_path, f"parallel.tensor_parallel_size={tp}", f"parallel.zero_stage={zero}")
+@pytest.mark.parametrize("tp, zero, sequence_parallel", [
+    (1, 1, False), (1, 3, False), (2, 1, False), (2, 3, False),
+    # Sequence parallel: the norms' gradients are summed over the TP group by our hook, which
+    # must come before the reduction in backward of ZeRO 2 and 3 as well as ZeRO 1's after it.
+    (2, 1, True), (2, 2, True), (2, 3, True),
+])
+def test_layouts_match_the_single_process_run(data_root, reference, tmp_path, tp, zero, sequence_parallel):
+    run_train(data_root, tmp_path, f"parallel.tensor_parallel_size={tp}", f"parallel.zero_stage={zero}",
+              f"parallel.sequence_parallel={sequence_parallel}")
     # fp32: only the order of floating-point sums differs (gradient all-reduce across ranks,
-    # tensor-parallel partial matmuls), so the curves agree to rounding.
+    # tensor-parallel partial matmuls), so the curves agree to rounding. Without the
+    # sequence-parallel gradient sum the curve drifts by about 1e-3.
     assert losses(tmp_path) == pytest.approx(losses(reference), rel=1e-5, abs=1e-6)
     assert valid_losses(tmp_path) == pytest.approx(valid_losses(reference), rel=1e-5, abs=1e-6)
     assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step_6"
@@ -59,6 +66,14 @@ def test_fp16_without_a_gpu_is_a_one_line_error(data_root, tmp_path):
     assert result.stderr.strip().splitlines() == [
         "pretrain: error: train.precision: fp16 needs a CUDA GPU; use bf16 or fp32 on this machine"]
     assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="flash-attn is refused only where there is no GPU")
+def test_flash_attention_without_a_gpu_is_a_one_line_error(data_root, tmp_path):
+    result = run_train(data_root, tmp_path, "model.attention=flash", check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "pretrain: error: model.attention: flash needs a CUDA GPU and the flash_attn package; use sdpa or auto"]
 
 
 def test_data_parallel_ranks_split_each_global_batch(data_root, tmp_path):
