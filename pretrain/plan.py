@@ -16,13 +16,18 @@ Memory model (per GPU, N = parameters this GPU's model-parallel shard holds, d =
     selective  sbh(10 + 24/t)                 with sequence parallelism: 34·sbh/t
     full       2sbh                           with sequence parallelism: 2sbh/t
   The formulas are the paper's for 16-bit activations and GPT's 4h MLP with full multi-head
-  attention; for a SwiGLU/GQA model they are the standard estimate, not an exact count. With
+  attention; for a SwiGLU/GQA model they are the standard estimate, not an exact count. The
+  5as/h term is the attention scores, which only megatron's unfused attention (model.attention
+  =local) keeps: with SDPA, flash-attn or TE, "none" holds what "selective" does. With
   pipeline parallelism (1F1B) the first stage holds p micro-batches of L/p layers: L layers' worth.
 """
 
 import argparse
+import dataclasses
 from dataclasses import dataclass
 
+from pretrain import communication
+from pretrain.communication import Bandwidth
 from pretrain.config import Config, validate
 from pretrain.errors import ConfigError, check_choice
 from pretrain.model.flops import flops_per_token, layer_matmul_parameters, padded_vocab_size, total_parameters
@@ -108,7 +113,8 @@ def activation_bytes_per_layer(s: int, b: int, h: int, a: int, t: int, mode: str
 
 
 def plan(cfg: Config, world_size: int, gpu: str, mfu: float, checkpointing: str, sequence_parallel: bool = False,
-         data_parallel_size: int | None = None, peak_override: float = 0.0) -> dict:
+         data_parallel_size: int | None = None, peak_override: float = 0.0, gpus_per_node: int = 8,
+         bandwidth: Bandwidth = Bandwidth()) -> dict:
     """Every number `pretrain plan` prints, in a dict (bytes, FLOPs, seconds)."""
     check_choice("--activation-checkpointing", checkpointing, CHECKPOINTING)
     layout = check_layout(cfg, world_size, data_parallel_size)
@@ -117,15 +123,29 @@ def plan(cfg: Config, world_size: int, gpu: str, mfu: float, checkpointing: str,
     padded = padded_vocab_size(vocab, m, layout.tensor)
     per_gpu = parameters_per_gpu(cfg, padded, layout.tensor, layout.pipeline)
     memory = state_bytes(per_gpu, precision, cfg.parallel.zero_stage, layout.data)
+    # Fused attention (SDPA, flash-attn, TE) keeps no s x s scores: without recomputation it holds
+    # what selective recomputation leaves; only megatron's unfused attention stores the scores.
+    kept = "selective" if checkpointing == "none" and getattr(m, "attention", "local") != "local" else checkpointing
     per_layer = activation_bytes_per_layer(m.seq_length, layout.micro_batch_size, m.hidden_size,
-                                           m.num_attention_heads, layout.tensor, checkpointing, sequence_parallel)
+                                           m.num_attention_heads, layout.tensor, kept, sequence_parallel)
     memory["activations"] = per_layer * m.num_layers * (2 if precision == "fp32" else 1)
     memory["total"] = sum(memory.values())
     tokens_per_step = layout.global_batch_size * m.seq_length
     flops_per_step = flops_per_token(m, padded) * tokens_per_step
     peak = peak_override or peak_flops(gpu, precision)
     step_time = flops_per_step / (mfu * peak * world_size) if peak else None
+    comm_bytes = {
+        "data_parallel": communication.data_parallel_bytes(per_gpu, 4 if precision == "fp32" else 2, layout.data,
+                                                           cfg.parallel.zero_stage, layout.accumulation),
+        "tensor_parallel": communication.tensor_parallel_bytes(layout.micro_batch_size, m.seq_length, m.hidden_size,
+                                                               m.num_layers // layout.pipeline, layout.tensor,
+                                                               layout.accumulation, checkpointing),
+    }
+    comm_seconds = communication.communication_seconds(comm_bytes["data_parallel"], comm_bytes["tensor_parallel"],
+                                                       world_size > gpus_per_node, bandwidth)
     return {
+        "communication_bytes": comm_bytes, "communication_seconds": comm_seconds,
+        "fits": communication.fits(memory["total"], gpu),
         "layout": layout, "vocab": vocab, "padded_vocab": padded, "precision": precision,
         "zero_stage": cfg.parallel.zero_stage, "checkpointing": checkpointing, "sequence_parallel": sequence_parallel,
         "parameters": total_parameters(m, padded), "parameters_unpadded": total_parameters(m, vocab),
@@ -157,7 +177,57 @@ def format_plan(p: dict) -> str:
                      f"tokens/s ({p['tokens_per_second'] / lo.world_size:,.0f} per GPU)")
     else:
         lines.append(f"expected     no {p['precision']} peak for {p['gpu']} in the table: pass --peak-flops")
+    sent, seconds = p["communication_bytes"], p["communication_seconds"]
+    lines.append(f"comm/GPU     data parallel {sent['data_parallel'] / GiB:.2f} GiB per step "
+                 f"({seconds['data_parallel']:.3g} s), tensor parallel {sent['tensor_parallel'] / GiB:.2f} GiB "
+                 f"({seconds['tensor_parallel']:.3g} s), not overlapped")
+    if p["fits"] is not None:
+        capacity = communication.GPU_MEMORY_GIB[p["gpu"]]
+        verdict = "yes" if p["fits"] else "no"
+        lines.append(f"fits         {verdict}: {mem['total'] / GiB:.2f} GiB of {communication.USABLE * capacity:.0f} "
+                     f"usable on a {p['gpu']} ({capacity} GiB, 10% kept for CUDA, NCCL and fragmentation)")
     return "\n".join(lines)
+
+
+def recommend(cfg: Config, world_size: int, gpu: str, mfu: float, gpus_per_node: int,
+              bandwidth: Bandwidth = Bandwidth(), peak_override: float = 0.0) -> dict | None:
+    """The fastest layout that fits: tensor parallelism within a node (1-8), ZeRO 1-3, each
+    checkpointing mode, sequence parallel with TP, ranked by compute (with recomputation) plus
+    unoverlapped communication. None when nothing fits or the GPU's peak or memory is unknown."""
+    best = None
+    for candidate in _candidates(cfg, gpus_per_node):
+        for checkpointing in CHECKPOINTING:
+            try:
+                p = plan(candidate, world_size, gpu, mfu, checkpointing, candidate.parallel.tensor_parallel_size > 1,
+                         peak_override=peak_override, gpus_per_node=gpus_per_node, bandwidth=bandwidth)
+            except ConfigError:
+                continue  # TP does not divide the heads, the batch arithmetic breaks, ...
+            if not p["fits"] or not p["step_time"]:
+                continue
+            p["estimated_step_time"] = communication.estimated_step_seconds(p["step_time"], checkpointing,
+                                                                            p["communication_seconds"])
+            if best is None or p["estimated_step_time"] < best["estimated_step_time"]:
+                best = p
+    return best
+
+
+def _candidates(cfg: Config, gpus_per_node: int):
+    for tp in (1, 2, 4, 8):
+        if tp > gpus_per_node:
+            break
+        for zero in (1, 2, 3):
+            parallel = dataclasses.replace(cfg.parallel, tensor_parallel_size=tp, zero_stage=zero)
+            yield dataclasses.replace(cfg, parallel=parallel)
+
+
+def format_recommendation(p: dict | None) -> str:
+    if p is None:
+        return "recommended  nothing fits (or the GPU's peak or memory is unknown): more GPUs, a smaller micro batch"
+    lo, comm = p["layout"], sum(p["communication_seconds"].values())
+    compute = p["step_time"] * communication.RECOMPUTE_COST[p["checkpointing"]]
+    return (f"recommended  tensor {lo.tensor}, ZeRO-{p['zero_stage']}, checkpointing {p['checkpointing']}"
+            f"{', sequence parallel' if p['sequence_parallel'] else ''}: {p['memory']['total'] / GiB:.1f} GiB per GPU, "
+            f"about {p['estimated_step_time']:.3g} s per step (compute {compute:.3g} + communication {comm:.3g})")
 
 
 def add_options(sub: argparse.ArgumentParser) -> None:
@@ -175,6 +245,10 @@ def add_options(sub: argparse.ArgumentParser) -> None:
                      help="Recompute mode for activation memory (default: the config's, else none).")
     sub.add_argument("--sequence-parallel", action="store_true", default=None,
                      help="Megatron sequence parallelism (default: the config's).")
+    sub.add_argument("--nvlink-gbs", type=float, default=400.0,
+                     help="GB/s one GPU moves in a collective inside a node (default 400, H100 NVLink).")
+    sub.add_argument("--network-gbs", type=float, default=50.0,
+                     help="GB/s per GPU between nodes (default 50: one 400 Gb/s InfiniBand port per GPU).")
 
 
 def _config_value(cfg: Config, name: str, default):
@@ -185,12 +259,14 @@ def _config_value(cfg: Config, name: str, default):
     return default
 
 
+def gpus_per_node_of(cfg: Config, args) -> int:
+    return args.gpus_per_node or cfg.cluster.gpus_per_node or cfg.parallel.nproc_per_node
+
+
 def world_size_of(cfg: Config, args) -> int:
     if args.world_size:
         return args.world_size
-    nodes = args.nodes or cfg.cluster.nodes
-    per_node = args.gpus_per_node or cfg.cluster.gpus_per_node or cfg.parallel.nproc_per_node
-    return nodes * per_node
+    return (args.nodes or cfg.cluster.nodes) * gpus_per_node_of(cfg, args)
 
 
 def run(cfg: Config, args) -> int:
@@ -202,6 +278,11 @@ def run(cfg: Config, args) -> int:
     world_size = world_size_of(cfg, args)
     if world_size <= 0:
         raise ConfigError("--world-size", f"must be > 0, got {world_size}")
+    if args.nvlink_gbs <= 0 or args.network_gbs <= 0:
+        raise ConfigError("--nvlink-gbs" if args.nvlink_gbs <= 0 else "--network-gbs", "must be > 0")
+    bandwidth = Bandwidth(args.nvlink_gbs * 1e9, args.network_gbs * 1e9)
+    per_node = gpus_per_node_of(cfg, args)
     print(format_plan(plan(cfg, world_size, args.gpu, args.mfu, checkpointing, sequence_parallel,
-                           args.data_parallel_size, args.peak_flops)))
+                           args.data_parallel_size, args.peak_flops, per_node, bandwidth)))
+    print(format_recommendation(recommend(cfg, world_size, args.gpu, args.mfu, per_node, bandwidth, args.peak_flops)))
     return 0

@@ -50,12 +50,14 @@ def test_70b_on_1024_gpus_matches_hand_arithmetic():
 
 
 def test_checkpointing_modes_and_zero_stages_change_memory_as_the_formulas_say():
-    cfg = compose_config(LLAMA_70B)
+    cfg = compose_config([*LLAMA_70B, "model.attention=local"])  # the unfused attention keeps its scores
     s, b, h, a, t = 8192, 1, 8192, 64, 8
     none = plan(cfg, 1024, "h100_sxm", 0.4, "none")["memory"]["activations"]
     full = plan(cfg, 1024, "h100_sxm", 0.4, "full")["memory"]["activations"]
     sp = plan(cfg, 1024, "h100_sxm", 0.4, "selective", sequence_parallel=True)["memory"]["activations"]
     assert none == 80 * s * b * h * (10 + 24 / t + 5 * a * s / (h * t))
+    fused = plan(compose_config(LLAMA_70B), 1024, "h100_sxm", 0.4, "none")["memory"]["activations"]
+    assert fused == 80 * s * b * h * (10 + 24 / t)  # SDPA / flash-attn: no scores stored
     assert full == 80 * 2 * s * b * h
     assert sp == 80 * 34 * s * b * h / t
     cfg = compose_config([*LLAMA_70B, "parallel.zero_stage=3"])
@@ -107,3 +109,50 @@ def _70b_shard_parameters() -> int:
 def test_per_gpu_parameters_equal_a_real_70b_shard_at_tp8():
     cfg = compose_config(LLAMA_70B)
     assert spawn(_70b_shard_parameters, 1, init_process_group=False) == [parameters_per_gpu(cfg, 129_024, 8, 1)]
+
+
+def test_communication_per_step_follows_the_ring_arithmetic():
+    from pretrain.communication import data_parallel_bytes, tensor_parallel_bytes
+
+    n, d, a = 1_000_000, 4, 8  # parameters per GPU, data-parallel ranks, accumulation
+    share = (d - 1) / d
+    assert data_parallel_bytes(n, 2, d, 0, a) == data_parallel_bytes(n, 2, d, 1, a) == 2 * share * 2 * n
+    assert data_parallel_bytes(n, 2, d, 2, a) == (a + 1) * share * 2 * n  # reduce-scatter per micro-batch
+    assert data_parallel_bytes(n, 4, d, 3, a) == 3 * a * share * 4 * n  # fp32, gather twice and scatter per micro
+    assert data_parallel_bytes(n, 2, 1, 3, a) == 0
+    b, s, h, layers, t = 2, 4096, 1024, 10, 4
+    activations = b * s * h * 2
+    assert tensor_parallel_bytes(b, s, h, layers, t, a, "none") == 4 * 2 * (t - 1) / t * activations * layers * a
+    assert tensor_parallel_bytes(b, s, h, layers, t, a, "full") == 6 * 2 * (t - 1) / t * activations * layers * a
+    assert tensor_parallel_bytes(b, s, h, layers, 1, a, "none") == 0
+
+
+def test_70b_plan_prints_traffic_and_recommends_a_layout_that_fits():
+    from pretrain.communication import estimated_step_seconds
+    from pretrain.plan import recommend
+
+    cfg = compose_config(LLAMA_70B)
+    p = plan(cfg, 1024, "h100_sxm", 0.4, "none", sequence_parallel=True)
+    dp_bytes = 2 * 127 / 128 * 2 * p["parameters_per_gpu"]  # ZeRO-1, bf16 gradients
+    assert p["communication_bytes"]["data_parallel"] == pytest.approx(dp_bytes)
+    assert p["communication_seconds"]["data_parallel"] == pytest.approx(dp_bytes / 50e9)  # across nodes
+    best = recommend(cfg, 1024, "h100_sxm", 0.4, gpus_per_node=8)
+    assert best["fits"] and best["memory"]["total"] <= 0.9 * 80 * GiB
+    # TP=4 fits only by recomputing every layer (weights and gradients take 66 GiB): slower than TP=8.
+    small_tp = compose_config([*LLAMA_70B, "parallel.tensor_parallel_size=4"])
+    assert not plan(small_tp, 1024, "h100_sxm", 0.4, "none", sequence_parallel=True)["fits"]
+    alternative = plan(small_tp, 1024, "h100_sxm", 0.4, "full", sequence_parallel=True)
+    assert alternative["fits"]
+    slower = estimated_step_seconds(alternative["step_time"], "full", alternative["communication_seconds"])
+    assert best["estimated_step_time"] < slower
+    assert best["layout"].tensor == 8
+    result = pretrain_plan(*LLAMA_70B)
+    assert "comm/GPU     data parallel" in result.stdout and "recommended  tensor 8, ZeRO-" in result.stdout
+
+
+def test_a_small_model_is_recommended_no_tensor_parallelism():
+    from pretrain.plan import recommend
+
+    cfg = compose_config(["model=llama_1b", "train.micro_batch_size=4", "train.global_batch_size=256"])
+    best = recommend(cfg, 8, "h100_sxm", 0.4, gpus_per_node=8)
+    assert (best["layout"].tensor, best["zero_stage"], best["checkpointing"]) == (1, 1, "none")
