@@ -1,5 +1,6 @@
 """Runs of `pretrain train` as a user starts them, and readers of the logs they leave."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -41,3 +42,13 @@ def valid_losses(run_dir: Path) -> dict[int, float]:
 
 def sample_ids(run_dir: Path) -> dict[str, list]:
     return {path.name: read_metrics(path) for path in sorted((run_dir / "samples").glob("rank_*.jsonl"))}
+
+
+def wandb_history(run_dir: Path) -> list[dict]:
+    """Every record of every offline W&B run file of the run, in order, read back with `wandb leet`."""
+    records = []
+    for path in sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb")):
+        out = subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(path)],
+                             capture_output=True, text=True, check=True).stdout
+        records += [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    return records

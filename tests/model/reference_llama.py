@@ -11,6 +11,13 @@ import torch.nn.functional as F
 from pretrain.model.config import ModelConfig
 
 
+def tiny(**overrides) -> ModelConfig:
+    """The tests' small model: 2 layers, hidden 64, 4 heads in 2 query groups, sequence 32."""
+    fields = dict(num_layers=2, hidden_size=64, num_attention_heads=4, num_query_groups=2,
+                  ffn_hidden_size=176, seq_length=32)
+    return ModelConfig(**{**fields, **overrides})
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
 

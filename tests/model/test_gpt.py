@@ -5,9 +5,8 @@ import math
 import pytest
 import reference_llama
 import torch
-from dist_utils import single_process_group
+from reference_llama import tiny
 
-from pretrain.model.config import ModelConfig
 from pretrain.model.gpt import (
     build_model,
     count_parameters,
@@ -22,16 +21,7 @@ from pretrain.parallel.layout import set_seed
 VOCAB = 256
 
 
-@pytest.fixture(scope="module", autouse=True)
-def megatron_state():
-    with single_process_group() as layout:
-        yield layout
-
-
-def tiny(**overrides) -> ModelConfig:
-    fields = dict(num_layers=2, hidden_size=64, num_attention_heads=4, num_query_groups=2,
-                  ffn_hidden_size=176, seq_length=32)
-    return ModelConfig(**{**fields, **overrides})
+pytestmark = pytest.mark.usefixtures("megatron_state")
 
 
 def batch(seed: int = 0, size: int = 4) -> torch.Tensor:

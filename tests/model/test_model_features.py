@@ -5,7 +5,7 @@ attention, each document run alone, a plain-torch Llama, the model without recom
 import pytest
 import reference_llama
 import torch
-from dist_utils import single_process_group
+from reference_llama import tiny
 
 from pretrain.model.config import ModelConfig, MoEConfig
 from pretrain.model.documents import ModelInputs
@@ -17,16 +17,7 @@ VOCAB = 256
 EOS = 2
 
 
-@pytest.fixture(scope="module", autouse=True)
-def megatron_state():
-    with single_process_group() as layout:
-        yield layout
-
-
-def tiny(**overrides) -> ModelConfig:
-    fields = dict(num_layers=2, hidden_size=64, num_attention_heads=4, num_query_groups=2,
-                  ffn_hidden_size=176, seq_length=32)
-    return ModelConfig(**{**fields, **overrides})
+pytestmark = pytest.mark.usefixtures("megatron_state")
 
 
 def built(cfg: ModelConfig, seed: int = 0, dtype: torch.dtype = torch.float32):

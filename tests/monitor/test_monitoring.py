@@ -1,7 +1,6 @@
 """Monitoring on a real 2-process run: metrics, bits per byte, a straggler, an extra evaluator,
 W&B across a restart (read back with wandb's own tool) and the report made from it all."""
 
-import json
 import math
 import os
 import subprocess
@@ -9,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from training_runs import run_train
+from training_runs import run_train, wandb_history
 
 from pretrain.data.loader import ShardedSamples, valid_batches
 from pretrain.monitor.metrics import read_metrics
@@ -20,16 +19,6 @@ EVAL_SAMPLES = 12
 MONITORED = ["train.eval_interval=2", f"train.eval_samples={EVAL_SAMPLES}", "train.log_interval=2",
              "logging.wandb.enabled=true", "logging.stragglers.interval=2", "logging.stragglers.checks=2",
              "logging.stragglers.margin=0.5", "logging.evaluators=[sample_evaluator:token_count]"]
-
-
-def wandb_history(run_dir: Path) -> list[dict]:
-    """Every record of every offline W&B run file of the run, in order, read back with `wandb leet`."""
-    records = []
-    for path in sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb")):
-        out = subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(path)],
-                             capture_output=True, text=True, check=True).stdout
-        records += [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-    return records
 
 
 @pytest.fixture(scope="module")

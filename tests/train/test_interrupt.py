@@ -8,22 +8,12 @@ import sys
 import time
 
 import pytest
-from training_runs import TINY_RUN, losses, run_train
+from training_runs import TINY_RUN, losses, run_train, wandb_history
 
 from pretrain import exit_codes
 from pretrain.monitor.metrics import read_metrics
 
 STEPS = 40
-
-
-def wandb_history(run_dir):
-    """Every logged record of every offline W&B run file, read back with wandb's own tool."""
-    records = []
-    for path in sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb")):
-        out = subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(path)],
-                             capture_output=True, text=True, check=True).stdout
-        records += [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-    return records
 
 
 OVERRIDES = [f"train.train_steps={STEPS}", "train.save_interval=3", "train.eval_interval=0"]

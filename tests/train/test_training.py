@@ -59,21 +59,16 @@ def test_resume_is_exact(data_root, tmp_path, tp, zero):
     assert sorted(p.name for p in (checkpoint / "rng").iterdir()) == ["rank_00000.pt", "rank_00001.pt"]
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 is refused only where there is no GPU")
-def test_fp16_without_a_gpu_is_a_one_line_error(data_root, tmp_path):
-    result = run_train(data_root, tmp_path, "train.precision=fp16", check=False)
+@pytest.mark.skipif(torch.cuda.is_available(), reason="these are refused only where there is no GPU")
+@pytest.mark.parametrize("override, message", [
+    ("train.precision=fp16", "train.precision: fp16 needs a CUDA GPU; use bf16 or fp32 on this machine"),
+    ("model.attention=flash", "model.attention: flash needs a CUDA GPU and the flash_attn package; use sdpa or auto"),
+])
+def test_gpu_only_choices_without_a_gpu_are_one_line_errors(data_root, tmp_path, override, message):
+    result = run_train(data_root, tmp_path, override, check=False)
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
-        "pretrain: error: train.precision: fp16 needs a CUDA GPU; use bf16 or fp32 on this machine"]
+    assert result.stderr.strip().splitlines() == [f"pretrain: error: {message}"]
     assert not (tmp_path / "checkpoints").exists()
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="flash-attn is refused only where there is no GPU")
-def test_flash_attention_without_a_gpu_is_a_one_line_error(data_root, tmp_path):
-    result = run_train(data_root, tmp_path, "model.attention=flash", check=False)
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
-        "pretrain: error: model.attention: flash needs a CUDA GPU and the flash_attn package; use sdpa or auto"]
 
 
 def test_data_parallel_ranks_split_each_global_batch(data_root, tmp_path):
