@@ -17,11 +17,11 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from pretrain.checkpoint import manifest
+from pretrain.checkpoint import elastic, manifest
 from pretrain.checkpoint.config import CheckpointConfig
 from pretrain.errors import ConfigError
 from pretrain.io import write_atomic, write_json
-from pretrain.train.faults import kill_point
+from pretrain.train.faults import dump_state_if_asked, kill_point
 
 LATEST = "latest"
 TRAINER_STATE = "trainer_state.json"
@@ -76,7 +76,7 @@ def save(engine, run_dir: str | Path, step: int, trainer_state: dict, retention:
     (root / tag / "rng").mkdir(parents=True, exist_ok=True)
     torch.save(rng_state(), root / tag / "rng" / f"rank_{rank:05d}.pt")
     if rank == 0:
-        write_json(root / tag / TRAINER_STATE, trainer_state)
+        write_json(root / tag / TRAINER_STATE, {**trainer_state, "layout": elastic.layout_of(engine)})
     kill_point("checkpoint", step)
     dist.barrier()
     manifest.seal(root / tag)
@@ -85,6 +85,7 @@ def save(engine, run_dir: str | Path, step: int, trainer_state: dict, retention:
         write_atomic(root / LATEST, tag + "\n")
         prune(run_dir, retention)
     dist.barrier()
+    dump_state_if_asked(engine, f"saved_{tag}")
     return root / tag
 
 
@@ -105,16 +106,29 @@ def find_resumable(run_dir: str | Path, how: str, warn) -> str | None:
     return None
 
 
-def load(engine, run_dir: str | Path, tag: str) -> dict:
-    """Restore engine and RNG state from `tag`; returns the trainer state saved with it."""
+def load(engine, run_dir: str | Path, tag: str, warn=print) -> dict:
+    """Restore engine and RNG state from `tag`; returns the trainer state saved with it.
+
+    A checkpoint of another parallel layout is loaded through its universal conversion
+    (made on first use); its random streams are not restored, as they belonged to other ranks.
+    """
     root = checkpoints_dir(run_dir)
-    load_path, _ = engine.load_checkpoint(str(root), tag=tag)
+    state = json.loads((root / tag / TRAINER_STATE).read_text())
+    saved, current = state.get("layout"), elastic.layout_of(engine)
+    if elastic.needs_universal(saved, current):
+        universal = elastic.ensure_universal(root / tag, warn)
+        with elastic.loading_universal(engine):
+            load_path, _ = engine.load_checkpoint(str(universal.parent), tag=universal.name)
+        warn(f"loaded {root / tag} (written with {elastic.describe(saved)}) on {elastic.describe(current)}")
+    else:
+        load_path, _ = engine.load_checkpoint(str(root), tag=tag)
     if load_path is None:
         raise RuntimeError(f"DeepSpeed found no checkpoint files in {root / tag}")
     rng_file = root / tag / "rng" / f"rank_{dist.get_rank():05d}.pt"
-    if rng_file.is_file():
+    if saved in (None, current) and rng_file.is_file():
         set_rng_state(torch.load(rng_file, weights_only=True))
-    return json.loads((root / tag / TRAINER_STATE).read_text())
+    dump_state_if_asked(engine, f"loaded_{tag}")
+    return state
 
 
 def prune(run_dir: str | Path, retention: CheckpointConfig) -> None:

@@ -4,6 +4,10 @@
 of step STEP (1-based). Points: forward, backward, optimizer (before the step's last
 `engine.step()`, where the update happens), checkpoint (DeepSpeed's files written, manifest
 not yet), seal (manifest written, `latest` not yet moved). Unset, it costs a dict lookup.
+
+`PRETRAIN_DUMP_STATE=DIR` makes every save and load write the full fp32 weights and Adam
+moments (`pretrain.checkpoint.elastic.full_state`) to DIR/saved_step_N.pt or
+DIR/loaded_step_N.pt, so a test can check that a change of layout carried them over exactly.
 """
 
 import functools
@@ -11,6 +15,7 @@ import os
 import signal
 
 INJECT_KILL = "PRETRAIN_INJECT_KILL"
+DUMP_STATE = "PRETRAIN_DUMP_STATE"
 POINTS = ("forward", "backward", "optimizer", "checkpoint", "seal")
 
 
@@ -30,3 +35,18 @@ def kill_point(point: str, step: int) -> None:
     target = _target()
     if target and target == (int(os.environ.get("RANK", 0)), step, point):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def dump_state_if_asked(engine, name: str) -> None:
+    """Write the layout-free training state to $PRETRAIN_DUMP_STATE/NAME.pt (all ranks call this)."""
+    folder = os.environ.get(DUMP_STATE)
+    if not folder:
+        return
+    import torch
+    import torch.distributed as dist
+
+    from pretrain.checkpoint.elastic import full_state
+
+    state = full_state(engine)
+    if dist.get_rank() == 0:
+        torch.save(state, os.path.join(folder, f"{name}.pt"))

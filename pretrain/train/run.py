@@ -7,6 +7,7 @@ import torch
 from omegaconf import OmegaConf
 
 from pretrain.checkpoint import store
+from pretrain.checkpoint.elastic import universal_checkpoint_info
 from pretrain.config import Config
 from pretrain.data.loader import ShardedSamples, TrainBatches, valid_batches
 from pretrain.io import write_atomic
@@ -61,6 +62,8 @@ def build_trainer(cfg: Config, config_dict: dict, layout: ParallelLayout, tokeni
                         sequence_parallel=cfg.parallel.sequence_parallel)
     prepare_model(model, cfg.model, vocab_size, layout.tensor_parallel_size, layout.tensor_parallel_rank, run_dir,
                   say=lambda message: print(message, flush=True) if layout.rank == 0 else None)
+    # Saved in every checkpoint: how to merge TP slices when resuming on another layout.
+    model.universal_checkpoint_info = universal_checkpoint_info(model, cfg.model.vocab_size or tokenizer.vocab_size)
     engine = build_engine(cfg, model, layout)
     trainer = Trainer(engine, train_batches(cfg, layout), build_callbacks(cfg, config_dict, layout, tokenizer),
                       str(run_dir), cfg.train.train_steps, cfg.model.seq_length, engine.device,
@@ -122,7 +125,7 @@ def resume(trainer: Trainer, run_dir: Path, verify: str) -> None:
     if tag is None:
         trainer.print(f"starting a new run in {run_dir}")
         return
-    trainer.load_state_dict(store.load(trainer.engine, run_dir, tag))
+    trainer.load_state_dict(store.load(trainer.engine, run_dir, tag, warn=trainer.print))
     trainer.print(f"resuming from {store.checkpoints_dir(run_dir) / tag} "
                   f"(step {trainer.step}, consumed_samples {trainer.batches.consumed_samples})")
 

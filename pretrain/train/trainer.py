@@ -88,7 +88,7 @@ class Trainer:
             self.request_stop(exit_codes.DIVERGED, f"{reason}, and no checkpoint to roll back to")
             return
         consumed = self.batches.consumed_samples
-        self.step = store.load(self.engine, self.run_dir, tag)["step"]
+        self.step = store.load(self.engine, self.run_dir, tag, warn=self.print)["step"]
         self.print(f"{reason}: rolled back to {tag}; the {consumed - self.batches.consumed_samples} samples "
                    "read since are skipped")
         for callback in self.callbacks:
