@@ -25,6 +25,10 @@ class Callback:
 
     def on_step_end(self, trainer, metrics: dict) -> None: ...
 
+    def skip_update(self, trainer, loss: float) -> bool:
+        """Asked before each step's optimizer update with the data-parallel mean loss; True skips the update."""
+        return False
+
     def on_log(self, trainer, record: dict) -> None: ...
 
     def on_train_end(self, trainer) -> None: ...

@@ -5,6 +5,9 @@ of step STEP (1-based). Points: forward, backward, optimizer (before the step's 
 `engine.step()`, where the update happens), checkpoint (DeepSpeed's files written, manifest
 not yet), seal (manifest written, `latest` not yet moved). Unset, it costs a dict lookup.
 
+`PRETRAIN_INJECT_SPIKE_STEPS=4,5` multiplies those steps' losses (and so their gradients) by
+SPIKE_FACTOR on every rank: a loss spike for the spike guard to catch.
+
 `PRETRAIN_DUMP_STATE=DIR` makes every save and load write the full fp32 weights and Adam
 moments (`pretrain.checkpoint.elastic.full_state`) to DIR/saved_step_N.pt or
 DIR/loaded_step_N.pt, so a test can check that a change of layout carried them over exactly.
@@ -16,6 +19,8 @@ import signal
 
 INJECT_KILL = "PRETRAIN_INJECT_KILL"
 DUMP_STATE = "PRETRAIN_DUMP_STATE"
+INJECT_SPIKE = "PRETRAIN_INJECT_SPIKE_STEPS"
+SPIKE_FACTOR = 10.0
 POINTS = ("forward", "backward", "optimizer", "checkpoint", "seal")
 
 
@@ -28,6 +33,16 @@ def _target() -> tuple[int, int, str] | None:
     if point not in POINTS:
         raise ValueError(f"{INJECT_KILL}: unknown point {point!r}; one of {', '.join(POINTS)}")
     return int(rank), int(step), point
+
+
+@functools.cache
+def _spike_steps() -> frozenset[int]:
+    return frozenset(int(step) for step in os.environ.get(INJECT_SPIKE, "").split(",") if step)
+
+
+def inject_spike(loss, step: int):
+    """The loss, times SPIKE_FACTOR at an injected spike's step."""
+    return loss * SPIKE_FACTOR if step in _spike_steps() else loss
 
 
 def kill_point(point: str, step: int) -> None:

@@ -23,7 +23,7 @@ from pretrain.parallel.layout import ParallelLayout, destroy_distributed, init_d
 from pretrain.tokenizers.tokenizer import Tokenizer
 from pretrain.train import callbacks as cb
 from pretrain.train.engine import build_engine
-from pretrain.train.guards import NonFiniteGuard
+from pretrain.train.guards import LossSpikeGuard, NonFiniteGuard
 from pretrain.train.inputs import check_inputs
 from pretrain.train.signals import StopOnSignal
 from pretrain.train.trainer import Trainer
@@ -106,6 +106,8 @@ def build_callbacks(cfg: Config, config_dict, layout: ParallelLayout, tokenizer:
     if cfg.logging.stragglers.interval:
         callbacks.append(StragglerDetector(cfg.logging.stragglers))
     callbacks.append(NonFiniteGuard(train.guard))  # before Checkpointing: a bad step is not saved
+    if train.guard.spike_window:
+        callbacks.append(LossSpikeGuard(train.guard))
     if train.eval_interval:
         valid = valid_batches(ShardedSamples(cfg.data.dataset_dir, "valid"), train.eval_samples,
                               train.micro_batch_size, layout.data_parallel_rank, layout.data_parallel_size)
