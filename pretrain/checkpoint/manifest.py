@@ -29,13 +29,14 @@ def checkpoint_files(directory: Path) -> list[str]:
     return sorted(files)
 
 
-def seal(directory: Path) -> None:
-    """Make every rank's files durable and write the manifest (on rank 0); all ranks call this."""
+def seal(directory: Path, group=None) -> None:
+    """Make every rank's files durable and write the manifest (on rank 0); all ranks of `group` call this."""
     files = checkpoint_files(directory)
-    mine = {rel: _durable_entry(directory / rel) for rel in files[dist.get_rank()::dist.get_world_size()]}
-    shares = [None] * dist.get_world_size()
-    dist.all_gather_object(shares, mine)
-    if dist.get_rank() == 0:
+    rank, world_size = dist.get_rank(group), dist.get_world_size(group)
+    mine = {rel: _durable_entry(directory / rel) for rel in files[rank::world_size]}
+    shares = [None] * world_size
+    dist.all_gather_object(shares, mine, group=group)
+    if rank == 0:
         entries = {rel: entry for share in shares for rel, entry in share.items()}
         write_json(directory / MANIFEST, {"files": entries})
 

@@ -3,7 +3,9 @@
 `PRETRAIN_INJECT_KILL=RANK:STEP:POINT` makes that rank SIGKILL itself when it reaches POINT
 of step STEP (1-based). Points: forward, backward, optimizer (before the step's last
 `engine.step()`, where the update happens), checkpoint (DeepSpeed's files written, manifest
-not yet), seal (manifest written, `latest` not yet moved). Unset, it costs a dict lookup.
+not yet), seal (manifest written, `latest` not yet moved), async_write (with
+train.checkpoint.async_save: in the background writer, after its first file). With async
+saves, checkpoint and seal are reached in the background thread too. Unset, it costs a dict lookup.
 
 `PRETRAIN_INJECT_SPIKE_STEPS=4,5` multiplies those steps' losses (and so their gradients) by
 SPIKE_FACTOR on every rank: a loss spike for the spike guard to catch.
@@ -21,7 +23,7 @@ INJECT_KILL = "PRETRAIN_INJECT_KILL"
 DUMP_STATE = "PRETRAIN_DUMP_STATE"
 INJECT_SPIKE = "PRETRAIN_INJECT_SPIKE_STEPS"
 SPIKE_FACTOR = 10.0
-POINTS = ("forward", "backward", "optimizer", "checkpoint", "seal")
+POINTS = ("forward", "backward", "optimizer", "checkpoint", "seal", "async_write")
 
 
 @functools.cache
