@@ -2,13 +2,19 @@
 background leaves the same sealed checkpoints and the same losses as one that blocks."""
 
 import json
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 from dist_utils import single_process_group
-from training_runs import losses, run_train
+from training_runs import TINY_RUN, losses, run_train
 
+from pretrain import exit_codes
 from pretrain.checkpoint import manifest
+from pretrain.monitor.metrics import read_metrics
 from pretrain.checkpoint.async_save import to_host
 
 
@@ -50,3 +56,23 @@ def test_an_async_run_leaves_the_checkpoints_of_a_blocking_one(data_root, tmp_pa
         assert sorted(listed["files"]) == manifest.checkpoint_files(blocking / "checkpoints" / f"step_{step}")
         ours, theirs = model_weights(background, step), model_weights(blocking, step)
         assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def test_a_stop_signal_waits_for_the_background_write(data_root, tmp_path):
+    # save_interval=1: a write is in flight at nearly every step boundary, the stop's included.
+    command = [sys.executable, "-m", "pretrain.cli", "train", *TINY_RUN, f"data.root={data_root}",
+               f"train.run_dir={tmp_path}", "parallel.nproc_per_node=2", "train.eval_interval=0",
+               "train.train_steps=40", "train.save_interval=1", "train.checkpoint.async_save=true"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "metrics.jsonl"
+    deadline = time.time() + 240
+    while process.poll() is None and time.time() < deadline and not (
+            metrics.is_file() and len([r for r in read_metrics(metrics) if "loss" in r]) >= 3):
+        time.sleep(0.1)
+    process.send_signal(signal.SIGUSR1)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == exit_codes.REQUEUE, err[-3000:]
+    last = max(r["step"] for r in read_metrics(metrics) if "loss" in r)
+    assert last < 40
+    assert (tmp_path / "checkpoints" / "latest").read_text().strip() == f"step_{last}"
+    assert (tmp_path / "checkpoints" / f"step_{last}" / manifest.MANIFEST).is_file()

@@ -1,5 +1,5 @@
 """Elastic resume: one run continued on another data-parallel size, tensor-parallel size and
-ZeRO stage, leg after leg. At every change the full fp32 weights and Adam moments loaded
+ZeRO stage, leg after leg (ZeRO 1/2, then ZeRO-3 on its own). At every change the full fp32 weights and Adam moments loaded
 must equal the ones saved, bit for bit, and the run must read the same global sample
 sequence as an uninterrupted one (no sample skipped or repeated); its losses follow the
 uninterrupted run's up to float rounding (the reductions are ordered differently)."""
@@ -82,3 +82,21 @@ def test_a_run_moves_across_dp_tp_and_zero_layouts(data_root, tmp_path, dump_dir
     assert (f"cannot resume a checkpoint written with dp=2 tp=1 zero=1 on dp=1 tp=1 zero=3: "
             "DeepSpeed's universal checkpoint does not convert between ZeRO-3 and ZeRO-1/2") in refused.stderr
     assert "Traceback" not in refused.stderr
+
+
+ZERO3_LEGS = [
+    (2, ["parallel.zero_stage=3", "parallel.tensor_parallel_size=2"]),  # dp=1 tp=2 zero=3
+    (1, ["parallel.zero_stage=3"]),                                     # tp 2→1
+    (2, ["parallel.zero_stage=3"]),                                     # dp 1→2
+]
+
+
+def test_zero3_moves_down_in_tensor_parallelism_and_across_data_parallel_sizes(data_root, tmp_path, dump_dir):
+    run_dir = tmp_path / "zero3"
+    for leg, (nproc, overrides) in enumerate(ZERO3_LEGS, start=1):
+        run_train(data_root, run_dir, *COMMON, *overrides, f"train.train_steps={STEPS_PER_LEG * leg}", nproc=nproc)
+        if leg > 1:
+            step = STEPS_PER_LEG * (leg - 1)
+            assert_same_state(torch.load(dump_dir / f"saved_step_{step}.pt", weights_only=True),
+                              torch.load(dump_dir / f"loaded_step_{step}.pt", weights_only=True), f"leg {leg}")
+    assert sorted(step_sets(run_dir)) == list(range(1, STEPS_PER_LEG * len(ZERO3_LEGS) + 1))
