@@ -114,6 +114,8 @@ def ensure_universal(checkpoint: Path, warn) -> Path:
     target = universal_dir(checkpoint)
     problem = _check_sealed(target)
     if problem and dist.get_rank() == 0:
+        for leftover in checkpoint.glob(f".{UNIVERSAL}.tmp-*"):  # a conversion that crashed
+            shutil.rmtree(leftover, ignore_errors=True)
         if target.exists():
             warn(f"converting {checkpoint} again: {problem}")
             shutil.rmtree(target)
@@ -128,7 +130,6 @@ def ensure_universal(checkpoint: Path, warn) -> Path:
 
 def _check_sealed(directory: Path) -> str | None:
     """This rank's share of the files against the universal folder's manifest, agreed by all ranks."""
-    problem = None
     if not (directory / manifest.MANIFEST).is_file():
         problem = "it has no manifest"
     else:

@@ -45,6 +45,13 @@ def assert_same_state(saved: dict, loaded: dict, where: str) -> None:
             assert torch.equal(tensor, loaded[name][key]), f"{where}: {name} {key} differs"
 
 
+def leave_a_crashed_conversion(checkpoint) -> None:
+    """A crashed conversion's hidden work folder, and a universal/ that does not verify."""
+    (checkpoint / ".universal.tmp-crashed" / "input").mkdir(parents=True)
+    (checkpoint / "universal" / "zero").mkdir(parents=True)
+    (checkpoint / "universal" / "zero" / "half_written.pt").write_bytes(b"partial")
+
+
 @pytest.fixture
 def dump_dir(tmp_path, monkeypatch):
     folder = tmp_path / "dumps"
@@ -56,8 +63,13 @@ def dump_dir(tmp_path, monkeypatch):
 def test_a_run_moves_across_dp_tp_and_zero_layouts(data_root, tmp_path, dump_dir):
     run_dir = tmp_path / "elastic"
     for leg, (nproc, overrides) in enumerate(LEGS, start=1):
+        if leg == 2:
+            leave_a_crashed_conversion(run_dir / "checkpoints" / f"step_{STEPS_PER_LEG}")
         result = run_train(data_root, run_dir, *COMMON, *overrides, f"train.train_steps={STEPS_PER_LEG * leg}",
                            nproc=nproc)
+        if leg == 2:
+            assert "converting" in result.stdout and "again: it has no manifest" in result.stdout
+            assert not list((run_dir / "checkpoints" / f"step_{STEPS_PER_LEG}").glob(".universal.tmp-*"))
         if leg > 1:
             step = STEPS_PER_LEG * (leg - 1)
             assert f"step_{step} (written with" in result.stdout, result.stdout[-2000:]
