@@ -1,10 +1,12 @@
 """Injected non-finite losses and loss spikes: skipped and counted, then a rollback or a stop."""
 
+import contextlib
 import math
 import os
 import subprocess
 import sys
 
+import pytest
 import torch
 from training_runs import TINY_RUN, losses
 
@@ -96,3 +98,37 @@ def test_spikes_in_a_row_under_warn_apply_the_update_then_stop(data_root, tmp_pa
     assert "2 loss spikes in a row" in result.stdout
     assert [r["step"] for r in records(tmp_path, "loss_spikes")] == [5, 6]
     assert not same_weights(weights(tmp_path, 4), weights(tmp_path, 5))  # warn: the update was applied
+
+
+def step_with_update_skipped(zero_stage: int) -> bool:
+    """One step of a real engine inside update_skipped: whether every weight stayed as it was."""
+    from dist_utils import single_process_group
+
+    from pretrain.config import compose_config
+    from pretrain.model.gpt import build_model, language_model_loss
+    from pretrain.train.engine import build_engine
+    from pretrain.train.guards import update_skipped
+
+    cfg = compose_config(["model=tiny", "model.seq_length=16", "train.micro_batch_size=2", "train.global_batch_size=2",
+                          "train.precision=fp32", "optim.warmup_steps=0", f"parallel.zero_stage={zero_stage}"])
+    with single_process_group() as layout:
+        engine = build_engine(cfg, build_model(cfg.model, 128, 1), layout)
+        tokens = torch.randint(0, 128, (2, 17))
+        for skip in (False, True):  # the first step fills the Adam moments, so a skipped one would move weights
+            before = {n: safe_weight(engine, p).clone() for n, p in engine.module.named_parameters()}
+            engine.backward(language_model_loss(engine, tokens))
+            with update_skipped(engine) if skip else contextlib.nullcontext():
+                engine.step()
+        return all(torch.equal(before[n], safe_weight(engine, p)) for n, p in engine.module.named_parameters())
+
+
+def safe_weight(engine, param) -> torch.Tensor:
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    full = safe_get_full_fp32_param(param)  # ZeRO-3 holds only a partition in the parameter itself
+    return param.detach() if full is None else full
+
+
+@pytest.mark.parametrize("zero_stage", [0, 3])
+def test_a_skipped_update_leaves_the_weights_at_zero_stages_the_runs_do_not_cover(zero_stage):
+    assert step_with_update_skipped(zero_stage)
