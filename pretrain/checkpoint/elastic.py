@@ -14,7 +14,8 @@ fp32 weights and Adam moments before and after each change of layout.
 
 What cannot change (DeepSpeed 0.19 fails or loads nothing): from or to ZeRO stage 0 (except a
 data-parallel change at stage 0, where the optimizer state is not partitioned and loads
-natively), between ZeRO-3 and ZeRO-1/2, and a larger tensor-parallel size at ZeRO-3.
+natively), between ZeRO-3 and ZeRO-1/2, and a larger tensor-parallel size at ZeRO-3. A
+mixture-of-experts model keeps its layout: the patterns here cover the dense model only.
 """
 
 import argparse
@@ -83,6 +84,15 @@ def _unsupported(saved: dict, current: dict) -> str | None:
     if new == 3 and current["tensor_parallel_size"] > saved["tensor_parallel_size"]:
         return "DeepSpeed cannot raise the tensor-parallel size of a ZeRO-3 checkpoint"
     return None
+
+
+def check_convertible(model: torch.nn.Module, saved: dict, current: dict) -> None:
+    """Refuse a model whose weights the patterns below do not describe (megatron's MoE experts)."""
+    if any(".experts." in name for name, _ in model.named_parameters()):
+        raise ConfigError("model.moe.num_experts",
+                          f"cannot resume a checkpoint written with {describe(saved)} on {describe(current)}: "
+                          "a mixture-of-experts model resumes only on the layout it was saved with "
+                          "(the universal conversion here does not describe megatron's expert weights)")
 
 
 def universal_checkpoint_info(model: torch.nn.Module, vocab_size: int) -> dict:

@@ -135,6 +135,7 @@ def load(engine, run_dir: str | Path, tag: str, warn=print) -> dict:
     state = json.loads((root / tag / TRAINER_STATE).read_text())
     saved, current = state.get("layout"), elastic.layout_of(engine)
     if elastic.needs_universal(saved, current):
+        elastic.check_convertible(engine.module, saved, current)
         universal = elastic.ensure_universal(root / tag, warn)
         with elastic.loading_universal(engine):
             load_path, _ = engine.load_checkpoint(str(universal.parent), tag=universal.name)

@@ -2,10 +2,11 @@
 checkpoint's manifest leaves out (its conversion, hidden work folders)."""
 
 import pytest
+import torch
 from test_store import fake_checkpoint
 
 from pretrain.checkpoint import manifest
-from pretrain.checkpoint.elastic import needs_universal
+from pretrain.checkpoint.elastic import check_convertible, needs_universal
 from pretrain.errors import ConfigError
 
 
@@ -55,3 +56,11 @@ def test_the_manifest_leaves_out_the_conversion_and_hidden_folders(tmp_path):
     (directory / ".universal.tmp-1" / "input" / "a.pt").write_bytes(b"x")
     assert manifest.checkpoint_files(directory) == listed
     assert "rng/rank_00000.pt" in listed
+
+
+def test_a_mixture_of_experts_model_keeps_its_layout():
+    dense = torch.nn.ModuleDict({"mlp": torch.nn.ModuleDict({"linear_fc1": torch.nn.Linear(2, 2)})})
+    check_convertible(dense, layout(dp=2), layout(dp=1))
+    experts = torch.nn.ModuleDict({"mlp": torch.nn.ModuleDict({"experts": torch.nn.ModuleList([torch.nn.Linear(2, 2)])})})
+    with pytest.raises(ConfigError, match="mixture-of-experts model resumes only on the layout it was saved with"):
+        check_convertible(experts, layout(dp=2), layout(dp=1))
