@@ -68,10 +68,11 @@ def drop_from_cache(path: Path) -> None:
 def disk_speeds(folder: Path, size: int) -> tuple[float, str, float, str]:
     """dd's sequential write and read MB/s on a `size`-byte file in `folder`, and how each was measured."""
     target, count = folder / "dd.bin", max(1, size // (4 << 20))
+    write_args = ["if=/dev/zero", f"of={target}", "bs=4M", f"count={count}"]
     try:
-        write, write_how = dd(["if=/dev/zero", f"of={target}", "bs=4M", f"count={count}", "oflag=direct"]), "oflag=direct"
+        write, write_how = dd([*write_args, "oflag=direct"]), "oflag=direct"
     except OSError:
-        write, write_how = dd(["if=/dev/zero", f"of={target}", "bs=4M", f"count={count}", "conv=fsync"]), "conv=fsync"
+        write, write_how = dd([*write_args, "conv=fsync"]), "conv=fsync"
     try:
         read, read_how = dd([f"if={target}", "of=/dev/null", "bs=4M", "iflag=direct"]), "iflag=direct"
     except OSError:

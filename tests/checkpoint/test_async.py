@@ -14,8 +14,8 @@ from training_runs import TINY_RUN, losses, run_train
 
 from pretrain import exit_codes
 from pretrain.checkpoint import manifest
-from pretrain.monitor.metrics import read_metrics
 from pretrain.checkpoint.async_save import to_host
+from pretrain.monitor.metrics import read_metrics
 
 
 def test_the_host_copy_shares_no_memory_with_the_training_state():

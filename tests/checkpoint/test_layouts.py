@@ -61,6 +61,7 @@ def test_the_manifest_leaves_out_the_conversion_and_hidden_folders(tmp_path):
 def test_a_mixture_of_experts_model_keeps_its_layout():
     dense = torch.nn.ModuleDict({"mlp": torch.nn.ModuleDict({"linear_fc1": torch.nn.Linear(2, 2)})})
     check_convertible(dense, layout(dp=2), layout(dp=1))
-    experts = torch.nn.ModuleDict({"mlp": torch.nn.ModuleDict({"experts": torch.nn.ModuleList([torch.nn.Linear(2, 2)])})})
+    expert_list = torch.nn.ModuleList([torch.nn.Linear(2, 2)])
+    experts = torch.nn.ModuleDict({"mlp": torch.nn.ModuleDict({"experts": expert_list})})
     with pytest.raises(ConfigError, match="mixture-of-experts model resumes only on the layout it was saved with"):
         check_convertible(experts, layout(dp=2), layout(dp=1))

@@ -1,8 +1,9 @@
 """Elastic resume: one run continued on another data-parallel size, tensor-parallel size and
-ZeRO stage, leg after leg (ZeRO 1/2, then ZeRO-3 on its own). At every change the full fp32 weights and Adam moments loaded
-must equal the ones saved, bit for bit, and the run must read the same global sample
-sequence as an uninterrupted one (no sample skipped or repeated); its losses follow the
-uninterrupted run's up to float rounding (the reductions are ordered differently)."""
+ZeRO stage, leg after leg (ZeRO 1/2, then ZeRO-3 on its own). At every change the full fp32
+weights and Adam moments loaded must equal the ones saved, bit for bit, and the run must read
+the same global sample sequence as an uninterrupted one (no sample skipped or repeated); its
+losses follow the uninterrupted run's up to float rounding (the reductions are ordered
+differently)."""
 
 import os
 
@@ -91,7 +92,7 @@ def test_a_run_moves_across_dp_tp_and_zero_layouts(data_root, tmp_path, dump_dir
     refused = run_train(data_root, run_dir, *COMMON, "parallel.zero_stage=3", f"train.train_steps={TOTAL_STEPS + 2}",
                         nproc=1, check=False)
     assert refused.returncode == exit_codes.BAD_INPUT, refused.stderr[-3000:]
-    assert (f"cannot resume a checkpoint written with dp=2 tp=1 zero=1 on dp=1 tp=1 zero=3: "
+    assert ("cannot resume a checkpoint written with dp=2 tp=1 zero=1 on dp=1 tp=1 zero=3: "
             "DeepSpeed's universal checkpoint does not convert between ZeRO-3 and ZeRO-1/2") in refused.stderr
     assert "Traceback" not in refused.stderr
 
