@@ -13,6 +13,8 @@ class CheckpointConfig:
     """Also keep every checkpoint whose step is a multiple of this (0: none beyond keep_last)."""
     verify: str = "sha256"
     """On resume, check each file against the manifest: sha256 (contents) or size (fast)."""
+    async_save: bool = False
+    """Copy the state to host memory and write it in a background thread; training waits only for the copy."""
 
     def __post_init__(self):
         check_positive("train.checkpoint.keep_last", self.keep_last, allow_zero=True)

@@ -13,21 +13,38 @@ from pretrain.io import fsync_path, sha256_file, write_json
 MANIFEST = "manifest.json"
 
 
+# Inside a checkpoint, a conversion for another layout (sealed by its own manifest) and
+# hidden work folders are not part of what the manifest lists.
+_NOT_LISTED = ("universal",)
+
+
 def checkpoint_files(directory: Path) -> list[str]:
     """Every file of a checkpoint but its manifest, as sorted relative paths."""
-    return sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*")
-                  if p.is_file() and p.name != MANIFEST and not p.name.startswith("."))
+    files = []
+    for path in directory.rglob("*"):
+        rel = path.relative_to(directory)
+        if (path.is_file() and rel.as_posix() != MANIFEST and rel.parts[0] not in _NOT_LISTED
+                and not any(part.startswith(".") for part in rel.parts)):
+            files.append(rel.as_posix())
+    return sorted(files)
 
 
-def seal(directory: Path) -> None:
-    """Make every rank's files durable and write the manifest (on rank 0); all ranks call this."""
+def seal(directory: Path, group=None) -> None:
+    """Make every rank's files durable and write the manifest (on rank 0); all ranks of `group` call this."""
     files = checkpoint_files(directory)
-    mine = {rel: _durable_entry(directory / rel) for rel in files[dist.get_rank()::dist.get_world_size()]}
-    shares = [None] * dist.get_world_size()
-    dist.all_gather_object(shares, mine)
-    if dist.get_rank() == 0:
+    rank, world_size = dist.get_rank(group), dist.get_world_size(group)
+    mine = {rel: _durable_entry(directory / rel) for rel in files[rank::world_size]}
+    shares = [None] * world_size
+    dist.all_gather_object(shares, mine, group=group)
+    if rank == 0:
         entries = {rel: entry for share in shares for rel, entry in share.items()}
         write_json(directory / MANIFEST, {"files": entries})
+
+
+def seal_local(directory: Path) -> None:
+    """`seal` for a folder written by one process alone (no collectives)."""
+    entries = {rel: _durable_entry(directory / rel) for rel in checkpoint_files(directory)}
+    write_json(directory / MANIFEST, {"files": entries})
 
 
 def verify(directory: Path, manifest: dict, how: str) -> str | None:

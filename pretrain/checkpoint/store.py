@@ -17,11 +17,11 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from pretrain.checkpoint import manifest
+from pretrain.checkpoint import async_save, elastic, manifest
 from pretrain.checkpoint.config import CheckpointConfig
 from pretrain.errors import ConfigError
 from pretrain.io import write_atomic, write_json
-from pretrain.train.faults import kill_point
+from pretrain.train.faults import dump_state_if_asked, kill_point
 
 LATEST = "latest"
 TRAINER_STATE = "trainer_state.json"
@@ -68,28 +68,48 @@ def resume_candidates(run_dir: str | Path) -> list[str]:
     return [tag for tag in tags if step_of(tag) <= step_of(latest)]
 
 
-def save(engine, run_dir: str | Path, step: int, trainer_state: dict, retention: CheckpointConfig) -> Path:
-    """Write a checkpoint on every rank, seal it with a manifest, then move `latest` to it."""
+def save(engine, run_dir: str | Path, step: int, trainer_state: dict, retention: CheckpointConfig,
+         writer: async_save.AsyncCheckpointWriter | None = None) -> Path:
+    """Write a checkpoint on every rank, seal it with a manifest, then move `latest` to it.
+
+    With a `writer`, this returns once the state is in host memory; the files are written,
+    sealed and committed in the background (the previous write is waited for first).
+    """
     root, tag = checkpoints_dir(run_dir), tag_for(step)
-    engine.save_checkpoint(str(root), tag=tag, save_latest=False)
+    if writer is not None:
+        writer.wait()
+        files = async_save.capture(engine, root, tag)
+    else:
+        engine.save_checkpoint(str(root), tag=tag, save_latest=False)
     rank = dist.get_rank()
     (root / tag / "rng").mkdir(parents=True, exist_ok=True)
     torch.save(rng_state(), root / tag / "rng" / f"rank_{rank:05d}.pt")
     if rank == 0:
-        write_json(root / tag / TRAINER_STATE, trainer_state)
+        write_json(root / tag / TRAINER_STATE, {**trainer_state, "layout": elastic.layout_of(engine)})
+    if writer is not None:
+        writer.start(step, files, lambda group: _commit(run_dir, tag, retention, group))
+    else:
+        dist.barrier()
+        _commit(run_dir, tag, retention)
+        dist.barrier()
+    dump_state_if_asked(engine, f"saved_{tag}")
+    return root / tag
+
+
+def _commit(run_dir: str | Path, tag: str, retention: CheckpointConfig, group=None) -> None:
+    """Every rank's files are written: seal them, then move `latest` (all ranks of `group` call this)."""
+    root, step = checkpoints_dir(run_dir), step_of(tag)
     kill_point("checkpoint", step)
-    dist.barrier()
-    manifest.seal(root / tag)
+    manifest.seal(root / tag, group)
     kill_point("seal", step)
-    if rank == 0:
+    if dist.get_rank(group) == 0:
         write_atomic(root / LATEST, tag + "\n")
         prune(run_dir, retention)
-    dist.barrier()
-    return root / tag
 
 
 def find_resumable(run_dir: str | Path, how: str, warn) -> str | None:
     """The newest checkpoint whose files verify on every rank; older ones stand in for a bad one."""
+    async_save.wait_for_writes()
     candidates = resume_candidates(run_dir)
     for tag in candidates:
         directory = checkpoints_dir(run_dir) / tag
@@ -105,16 +125,30 @@ def find_resumable(run_dir: str | Path, how: str, warn) -> str | None:
     return None
 
 
-def load(engine, run_dir: str | Path, tag: str) -> dict:
-    """Restore engine and RNG state from `tag`; returns the trainer state saved with it."""
+def load(engine, run_dir: str | Path, tag: str, warn=print) -> dict:
+    """Restore engine and RNG state from `tag`; returns the trainer state saved with it.
+
+    A checkpoint of another parallel layout is loaded through its universal conversion
+    (made on first use); its random streams are not restored, as they belonged to other ranks.
+    """
     root = checkpoints_dir(run_dir)
-    load_path, _ = engine.load_checkpoint(str(root), tag=tag)
+    state = json.loads((root / tag / TRAINER_STATE).read_text())
+    saved, current = state.get("layout"), elastic.layout_of(engine)
+    if elastic.needs_universal(saved, current):
+        elastic.check_convertible(engine.module, saved, current)
+        universal = elastic.ensure_universal(root / tag, warn)
+        with elastic.loading_universal(engine):
+            load_path, _ = engine.load_checkpoint(str(universal.parent), tag=universal.name)
+        warn(f"loaded {root / tag} (written with {elastic.describe(saved)}) on {elastic.describe(current)}")
+    else:
+        load_path, _ = engine.load_checkpoint(str(root), tag=tag)
     if load_path is None:
         raise RuntimeError(f"DeepSpeed found no checkpoint files in {root / tag}")
     rng_file = root / tag / "rng" / f"rank_{dist.get_rank():05d}.pt"
-    if rng_file.is_file():
+    if saved in (None, current) and rng_file.is_file():
         set_rng_state(torch.load(rng_file, weights_only=True))
-    return json.loads((root / tag / TRAINER_STATE).read_text())
+    dump_state_if_asked(engine, f"loaded_{tag}")
+    return state
 
 
 def prune(run_dir: str | Path, retention: CheckpointConfig) -> None:

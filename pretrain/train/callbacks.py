@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from pretrain import exit_codes
-from pretrain.checkpoint import store
+from pretrain.checkpoint import async_save, store
 from pretrain.io import write_atomic
 from pretrain.monitor.metrics import MetricsFile, format_record
 
@@ -24,6 +24,10 @@ class Callback:
     def on_train_start(self, trainer) -> None: ...
 
     def on_step_end(self, trainer, metrics: dict) -> None: ...
+
+    def skip_update(self, trainer, loss: float) -> bool:
+        """Asked before each step's optimizer update with the data-parallel mean loss; True skips the update."""
+        return False
 
     def on_log(self, trainer, record: dict) -> None: ...
 
@@ -164,7 +168,7 @@ class Restarts(Callback):
 
 
 class Checkpointing(Callback):
-    """Saves every `interval` steps and at the end of training."""
+    """Saves every `interval` steps and at the end of training (in the background with async_save)."""
 
     name = "checkpointing"
 
@@ -172,6 +176,7 @@ class Checkpointing(Callback):
         self.interval = interval
         self.retention = retention
         self.resolved_config = resolved_config
+        self.writer = async_save.AsyncCheckpointWriter() if retention.async_save else None
 
     def on_step_end(self, trainer, metrics):
         if trainer.rollback_reason is not None:
@@ -180,19 +185,34 @@ class Checkpointing(Callback):
             started = time.perf_counter()
             state = {**trainer.state_dict(), "config": self.resolved_config}
             try:
-                path = store.save(trainer.engine, trainer.run_dir, trainer.step, state, self.retention)
+                path = store.save(trainer.engine, trainer.run_dir, trainer.step, state, self.retention, self.writer)
             except (OSError, RuntimeError) as error:  # torch.save reports a full disk as RuntimeError
                 _exit_on_storage_error(trainer, error)
             seconds = time.perf_counter() - started
-            trainer.checkpoint_seconds += seconds
-            trainer.print(f"saved checkpoint {path} in {seconds:.1f}s")
+            trainer.checkpoint_seconds += seconds  # the time training was blocked: the host copy, with async_save
+            if self.writer is None:
+                trainer.print(f"saved checkpoint {path} in {seconds:.1f}s")
+                return
+            trainer.print(f"saving checkpoint {path} in the background; training waited {seconds:.2f}s")
+            if trainer.finished or trainer.stopping:
+                self.on_train_end(trainer)
+
+    def on_train_end(self, trainer):
+        if self.writer is None or not self.writer.pending:
+            return
+        try:
+            self.writer.wait()  # a stop or the end of training waits for the write in flight
+        except async_save.StorageError as error:
+            _exit_on_storage_error(trainer, error)
+        trainer.print(f"checkpoint {store.latest_tag(trainer.run_dir)} written")
 
 
 def _exit_on_storage_error(trainer, error: Exception) -> None:
     # The other ranks are blocked in the save's collectives: leave at once and let the launcher
     # stop them. `latest` was not moved, so the previous checkpoint is the one a restart uses.
     latest = store.latest_tag(trainer.run_dir) or "no checkpoint yet"
-    print(f"pretrain: error: rank {trainer.rank}: could not write the checkpoint of step {trainer.step}: "
+    step = error.step if isinstance(error, async_save.StorageError) else trainer.step
+    print(f"pretrain: error: rank {trainer.rank}: could not write the checkpoint of step {step}: "
           f"{_describe(error, trainer.run_dir)}; latest is still {latest}", file=sys.stderr, flush=True)
     os._exit(exit_codes.STORAGE)
 

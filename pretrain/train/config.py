@@ -43,11 +43,29 @@ class GuardConfig:
     """rollback: reload the last checkpoint and skip the data since; stop: exit (code 3)."""
     max_rollbacks: int = 3
     """Rollbacks in one run before the guard stops instead (the run keeps diverging)."""
+    spike_window: int = 100
+    """Trailing steps whose losses give the mean and spread a loss spike is measured against; 0: no spike guard."""
+    spike_z: float = 6.0
+    """A step's loss this many standard deviations above the trailing mean is a spike."""
+    spike_min_steps: int = 50
+    """Losses in the window before the spike guard acts (early losses fall too fast to judge by)."""
+    spike_action: str = "skip"
+    """skip: do not apply the spiking batch's update; warn: apply it and only log the spike."""
+    spike_patience: int = 3
+    """Spikes in a row before `on_nonfinite` (rollback or stop) acts."""
 
     def __post_init__(self):
         check_positive("train.guard.nonfinite_patience", self.nonfinite_patience)
         check_positive("train.guard.max_rollbacks", self.max_rollbacks, allow_zero=True)
         check_choice("train.guard.on_nonfinite", self.on_nonfinite, ("rollback", "stop"))
+        check_positive("train.guard.spike_window", self.spike_window, allow_zero=True)
+        check_positive("train.guard.spike_z", self.spike_z)
+        check_positive("train.guard.spike_patience", self.spike_patience)
+        check_choice("train.guard.spike_action", self.spike_action, ("skip", "warn"))
+        if self.spike_window and not 2 <= self.spike_min_steps <= self.spike_window:
+            raise ConfigError("train.guard.spike_min_steps",
+                              f"must be between 2 and train.guard.spike_window={self.spike_window}, "
+                              f"got {self.spike_min_steps}")
 
 
 @dataclass

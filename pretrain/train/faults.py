@@ -3,7 +3,16 @@
 `PRETRAIN_INJECT_KILL=RANK:STEP:POINT` makes that rank SIGKILL itself when it reaches POINT
 of step STEP (1-based). Points: forward, backward, optimizer (before the step's last
 `engine.step()`, where the update happens), checkpoint (DeepSpeed's files written, manifest
-not yet), seal (manifest written, `latest` not yet moved). Unset, it costs a dict lookup.
+not yet), seal (manifest written, `latest` not yet moved), async_write (with
+train.checkpoint.async_save: in the background writer, after its first file). With async
+saves, checkpoint and seal are reached in the background thread too. Unset, it costs a dict lookup.
+
+`PRETRAIN_INJECT_SPIKE_STEPS=4,5` multiplies those steps' losses (and so their gradients) by
+SPIKE_FACTOR on every rank: a loss spike for the spike guard to catch.
+
+`PRETRAIN_DUMP_STATE=DIR` makes every save and load write the full fp32 weights and Adam
+moments (`pretrain.checkpoint.elastic.full_state`) to DIR/saved_step_N.pt or
+DIR/loaded_step_N.pt, so a test can check that a change of layout carried them over exactly.
 """
 
 import functools
@@ -11,7 +20,10 @@ import os
 import signal
 
 INJECT_KILL = "PRETRAIN_INJECT_KILL"
-POINTS = ("forward", "backward", "optimizer", "checkpoint", "seal")
+DUMP_STATE = "PRETRAIN_DUMP_STATE"
+INJECT_SPIKE = "PRETRAIN_INJECT_SPIKE_STEPS"
+SPIKE_FACTOR = 10.0
+POINTS = ("forward", "backward", "optimizer", "checkpoint", "seal", "async_write")
 
 
 @functools.cache
@@ -25,8 +37,33 @@ def _target() -> tuple[int, int, str] | None:
     return int(rank), int(step), point
 
 
+@functools.cache
+def _spike_steps() -> frozenset[int]:
+    return frozenset(int(step) for step in os.environ.get(INJECT_SPIKE, "").split(",") if step)
+
+
+def inject_spike(loss, step: int):
+    """The loss, times SPIKE_FACTOR at an injected spike's step."""
+    return loss * SPIKE_FACTOR if step in _spike_steps() else loss
+
+
 def kill_point(point: str, step: int) -> None:
     """Die here, abruptly, if the injected fault names this rank, step and point."""
     target = _target()
     if target and target == (int(os.environ.get("RANK", 0)), step, point):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def dump_state_if_asked(engine, name: str) -> None:
+    """Write the layout-free training state to $PRETRAIN_DUMP_STATE/NAME.pt (all ranks call this)."""
+    folder = os.environ.get(DUMP_STATE)
+    if not folder:
+        return
+    import torch
+    import torch.distributed as dist
+
+    from pretrain.checkpoint.elastic import full_state
+
+    state = full_state(engine)
+    if dist.get_rank() == 0:
+        torch.save(state, os.path.join(folder, f"{name}.pt"))

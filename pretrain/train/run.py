@@ -7,6 +7,7 @@ import torch
 from omegaconf import OmegaConf
 
 from pretrain.checkpoint import store
+from pretrain.checkpoint.elastic import universal_checkpoint_info
 from pretrain.config import Config
 from pretrain.data.loader import ShardedSamples, TrainBatches, valid_batches
 from pretrain.io import write_atomic
@@ -22,7 +23,7 @@ from pretrain.parallel.layout import ParallelLayout, destroy_distributed, init_d
 from pretrain.tokenizers.tokenizer import Tokenizer
 from pretrain.train import callbacks as cb
 from pretrain.train.engine import build_engine
-from pretrain.train.guards import NonFiniteGuard
+from pretrain.train.guards import LossSpikeGuard, NonFiniteGuard
 from pretrain.train.inputs import check_inputs
 from pretrain.train.signals import StopOnSignal
 from pretrain.train.trainer import Trainer
@@ -61,6 +62,8 @@ def build_trainer(cfg: Config, config_dict: dict, layout: ParallelLayout, tokeni
                         sequence_parallel=cfg.parallel.sequence_parallel)
     prepare_model(model, cfg.model, vocab_size, layout.tensor_parallel_size, layout.tensor_parallel_rank, run_dir,
                   say=lambda message: print(message, flush=True) if layout.rank == 0 else None)
+    # Saved in every checkpoint: how to merge TP slices when resuming on another layout.
+    model.universal_checkpoint_info = universal_checkpoint_info(model, cfg.model.vocab_size or tokenizer.vocab_size)
     engine = build_engine(cfg, model, layout)
     trainer = Trainer(engine, train_batches(cfg, layout), build_callbacks(cfg, config_dict, layout, tokenizer),
                       str(run_dir), cfg.train.train_steps, cfg.model.seq_length, engine.device,
@@ -103,6 +106,8 @@ def build_callbacks(cfg: Config, config_dict, layout: ParallelLayout, tokenizer:
     if cfg.logging.stragglers.interval:
         callbacks.append(StragglerDetector(cfg.logging.stragglers))
     callbacks.append(NonFiniteGuard(train.guard))  # before Checkpointing: a bad step is not saved
+    if train.guard.spike_window:
+        callbacks.append(LossSpikeGuard(train.guard))
     if train.eval_interval:
         valid = valid_batches(ShardedSamples(cfg.data.dataset_dir, "valid"), train.eval_samples,
                               train.micro_batch_size, layout.data_parallel_rank, layout.data_parallel_size)
@@ -122,7 +127,7 @@ def resume(trainer: Trainer, run_dir: Path, verify: str) -> None:
     if tag is None:
         trainer.print(f"starting a new run in {run_dir}")
         return
-    trainer.load_state_dict(store.load(trainer.engine, run_dir, tag))
+    trainer.load_state_dict(store.load(trainer.engine, run_dir, tag, warn=trainer.print))
     trainer.print(f"resuming from {store.checkpoints_dir(run_dir) / tag} "
                   f"(step {trainer.step}, consumed_samples {trainer.batches.consumed_samples})")
 

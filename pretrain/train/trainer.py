@@ -1,5 +1,6 @@
 """The training loop. It runs steps; callbacks do everything else."""
 
+import contextlib
 import math
 import threading
 import time
@@ -14,7 +15,8 @@ from pretrain.model.documents import ModelInputs
 from pretrain.model.gpt import language_model_loss
 from pretrain.model.moe import set_aux_loss_scale, tracked_aux_losses
 from pretrain.train.engine import moe_aux_loss_scale
-from pretrain.train.faults import kill_point
+from pretrain.train.faults import inject_spike, kill_point
+from pretrain.train.guards import update_skipped
 
 
 class Trainer:
@@ -88,7 +90,7 @@ class Trainer:
             self.request_stop(exit_codes.DIVERGED, f"{reason}, and no checkpoint to roll back to")
             return
         consumed = self.batches.consumed_samples
-        self.step = store.load(self.engine, self.run_dir, tag)["step"]
+        self.step = store.load(self.engine, self.run_dir, tag, warn=self.print)["step"]
         self.print(f"{reason}: rolled back to {tag}; the {consumed - self.batches.consumed_samples} samples "
                    "read since are skipped")
         for callback in self.callbacks:
@@ -126,26 +128,31 @@ class Trainer:
             loss = language_model_loss(self.engine, micro_batch["tokens"].to(self.device), self.model_inputs)
             if self.step + 1 in self.inject_nonfinite_steps:
                 loss = loss * float("nan")  # once: a rolled-back run meets new data at this step
+            loss = inject_spike(loss, self.step + 1)
             time.sleep(self.inject_forward_delay)
             times["time_forward"] += _synchronized_since(mark)
             mark = time.perf_counter()
             kill_point("backward", self.step + 1)
             self.engine.backward(loss)
             self._progress(index)
+            losses.append(loss.detach().float())
+            sample_ids += micro_batch["sample_ids"].tolist()
+            skip = False
             if last:
                 kill_point("optimizer", self.step + 1)
                 times["time_backward"] += _synchronized_since(mark)
                 mark = time.perf_counter()
-            self.engine.step()  # DeepSpeed steps the optimizer only at the accumulation boundary
+                step_loss = self._data_parallel_mean(torch.stack(losses).mean())
+                skip = self._skip_update(step_loss)
+            with update_skipped(self.engine) if skip else contextlib.nullcontext():
+                self.engine.step()  # DeepSpeed steps the optimizer only at the accumulation boundary
             if not last:
                 times["time_backward"] += time.perf_counter() - mark
-            losses.append(loss.detach().float())
-            sample_ids += micro_batch["sample_ids"].tolist()
         times["time_optimizer"] = _synchronized_since(mark)
         self.inject_nonfinite_steps.discard(self.step + 1)
         return {
             "sample_ids": sample_ids,
-            "loss": self._data_parallel_mean(torch.stack(losses).mean()),
+            "loss": step_loss,
             "lr": lr,
             "grad_norm": _as_float(self.engine.get_global_grad_norm()),
             "step_time": time.perf_counter() - started,
@@ -162,6 +169,10 @@ class Trainer:
                 dist.all_reduce(per_layer, group=reduce_group)
             losses[name] = self._data_parallel_mean(per_layer.mean() / micro_batches)
         return losses
+
+    def _skip_update(self, loss: float) -> bool:
+        """Whether a callback vetoes this step's update; the loss is the same on every rank, so is the answer."""
+        return any([callback.skip_update(self, loss) for callback in self.callbacks])  # ask every one
 
     @torch.no_grad()
     def evaluate(self, micro_batches: list[dict], token_bytes: torch.Tensor | None = None) -> dict:

@@ -1,6 +1,7 @@
 """Seeded trials: one rank is SIGKILLed at a random point (forward, backward, the optimizer
-step, a checkpoint write, between the manifest and `latest`); each time the run is started
-again. It must end with the weights and losses of a run that was never interrupted."""
+step, a checkpoint write, between the manifest and `latest`, inside a background write of an
+async save); each time the run is started again, with blocking or async saves. It must end
+with the weights and losses of a run that was never interrupted (which saved blocking)."""
 
 import os
 import random
@@ -26,17 +27,21 @@ def latest_step(run_dir) -> int:
     return store.step_of(tag) if tag else 0
 
 
-def next_fault(rng: random.Random, latest: int) -> tuple[int, int, str]:
+def next_fault(rng: random.Random, latest: int) -> tuple[tuple[int, int, str], bool]:
+    """The fault (rank, step, point) and whether the trial saves asynchronously."""
     point = rng.choice(POINTS)
     step = latest + rng.randint(1, 2 * SAVE_INTERVAL)
-    if point in ("checkpoint", "seal"):  # only reached on steps that save
+    if point in ("checkpoint", "seal", "async_write"):  # only reached on steps that save
         step += -step % SAVE_INTERVAL
-    return rng.randrange(2), step, point
+    # Half the checkpoint and seal kills land in a background write, while training goes on.
+    asynchronous = point == "async_write" or rng.random() < 0.5
+    return (rng.randrange(2), step, point), asynchronous
 
 
-def run_with_fault(data_root, run_dir, fault) -> int:
+def run_with_fault(data_root, run_dir, fault, asynchronous: bool) -> int:
     command = [sys.executable, "-m", "pretrain.cli", "train", *TINY_RUN, f"data.root={data_root}",
-               f"train.run_dir={run_dir}", "parallel.nproc_per_node=2", *OVERRIDES]
+               f"train.run_dir={run_dir}", "parallel.nproc_per_node=2", *OVERRIDES,
+               f"train.checkpoint.async_save={str(asynchronous).lower()}"]
     env = {**os.environ, INJECT_KILL: ":".join(map(str, fault))}
     return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env).returncode
 
@@ -53,9 +58,9 @@ def test_twenty_random_kills_leave_the_result_unchanged(data_root, tmp_path):
     run_train(data_root, straight, *OVERRIDES)
     run_dir, rng = tmp_path / "faulty", random.Random(2026)
     for trial in range(TRIALS):
-        fault = next_fault(rng, latest_step(run_dir))
-        code = run_with_fault(data_root, run_dir, fault)
-        assert code != 0, f"trial {trial}: the fault {fault} was never reached"
+        fault, asynchronous = next_fault(rng, latest_step(run_dir))
+        code = run_with_fault(data_root, run_dir, fault, asynchronous)
+        assert code != 0, f"trial {trial}: the fault {fault} was never reached (async: {asynchronous})"
     run_train(data_root, run_dir, *OVERRIDES)
     assert losses(run_dir) == losses(straight)
     weights, reference = final_weights(run_dir), final_weights(straight)
