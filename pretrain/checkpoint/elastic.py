@@ -31,6 +31,7 @@ import torch
 import torch.distributed as dist
 
 from pretrain.checkpoint import manifest
+from pretrain.checkpoint.weights import load_file
 from pretrain.errors import ConfigError
 from pretrain.io import fsync_path
 
@@ -179,7 +180,7 @@ def _converter_input(checkpoint: Path, folder: Path) -> Path:
     for path in checkpoint.glob("*_optim_states.pt"):
         (folder / path.name).symlink_to(path)
     for path in checkpoint.glob("*model_states.pt"):
-        state = torch.load(path, map_location="cpu", weights_only=False)  # DeepSpeed's own, manifest-verified
+        state = load_file(path, deepspeed_classes=True)  # no unpickling beyond tensors and plain data
         state["module"] = {k: v for k, v in state["module"].items() if not k.endswith("._extra_state")}
         torch.save(state, folder / path.name)
     return folder
