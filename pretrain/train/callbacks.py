@@ -274,8 +274,8 @@ class Wandb(Callback):
 
     A restart replays the steps between its checkpoint and the crash. W&B keeps the values it
     already has for those (metrics.jsonl has the replayed ones): the highest step sent is kept
-    in run_dir/wandb/last_step, outside checkpoints, and records up to it are not sent again, so
-    W&B's history never repeats or rewinds a step.
+    in run_dir/wandb/last_step, outside checkpoints, written before the record is sent, and
+    records up to it are not sent again, so W&B's history never repeats or rewinds a step.
     """
 
     name = "wandb"
@@ -297,10 +297,12 @@ class Wandb(Callback):
     def on_log(self, trainer, record):
         if self.run is None or record["step"] <= self.sent_before:
             return
-        self.run.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
         if record["step"] > self.last_step:
+            # Written before sending: a kill between the two then loses this step from W&B
+            # (metrics.jsonl has it) instead of sending it twice after the restart.
             self.last_step = record["step"]
             write_atomic(self.marker, str(self.last_step))
+        self.run.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
 
     def on_alert(self, trainer, title, text):
         if self.run is not None:
