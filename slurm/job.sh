@@ -53,7 +53,9 @@ preflight() {
         fi
         probe="$1/slurm/.preflight-$node-$SLURM_JOB_ID"
         { touch "$probe" && rm -f "$probe"; } 2>/dev/null || { echo "preflight: $node: cannot write to $1" >&2; exit 1; }'
-    srun --ntasks-per-node=1 --kill-on-bad-exit=1 bash -c "$check" preflight "$RUN_DIR" "$GPUS_PER_NODE" "$PYTHON"
+    # No --kill-on-bad-exit: the checks are quick, and killing the step on the first failure can
+    # drop the failing node's message before srun forwards it; srun still exits non-zero.
+    srun --ntasks-per-node=1 bash -c "$check" preflight "$RUN_DIR" "$GPUS_PER_NODE" "$PYTHON"
 }
 
 start_step() {
