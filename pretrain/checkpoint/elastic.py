@@ -50,13 +50,18 @@ def layout_of(engine) -> dict:
     """The parallel layout a checkpoint of this engine is written with."""
     from megatron.core import parallel_state
 
-    return {"data_parallel_size": parallel_state.get_data_parallel_world_size(),
-            "tensor_parallel_size": parallel_state.get_tensor_model_parallel_world_size(),
-            "zero_stage": engine.zero_optimization_stage()}
+    layout = {"data_parallel_size": parallel_state.get_data_parallel_world_size(),
+              "tensor_parallel_size": parallel_state.get_tensor_model_parallel_world_size(),
+              "zero_stage": engine.zero_optimization_stage()}
+    expert_parallel_size = parallel_state.get_expert_model_parallel_world_size()
+    if expert_parallel_size > 1:  # absent at 1, as in checkpoints written before it was recorded
+        layout["expert_parallel_size"] = expert_parallel_size
+    return layout
 
 
 def describe(layout: dict) -> str:
-    return f"dp={layout['data_parallel_size']} tp={layout['tensor_parallel_size']} zero={layout['zero_stage']}"
+    experts = f" ep={layout['expert_parallel_size']}" if "expert_parallel_size" in layout else ""
+    return f"dp={layout['data_parallel_size']} tp={layout['tensor_parallel_size']}{experts} zero={layout['zero_stage']}"
 
 
 def needs_universal(saved: dict | None, current: dict) -> bool:

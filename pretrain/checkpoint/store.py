@@ -21,6 +21,7 @@ from pretrain.checkpoint import async_save, elastic, manifest
 from pretrain.checkpoint.config import CheckpointConfig
 from pretrain.errors import ConfigError
 from pretrain.io import write_atomic, write_json
+from pretrain.parallel import experts
 from pretrain.train.faults import dump_state_if_asked, kill_point
 
 LATEST = "latest"
@@ -144,6 +145,9 @@ def load(engine, run_dir: str | Path, tag: str, warn=print) -> dict:
         load_path, _ = engine.load_checkpoint(str(root), tag=tag)
     if load_path is None:
         raise RuntimeError(f"DeepSpeed found no checkpoint files in {root / tag}")
+    if engine.has_moe_layers:
+        # DeepSpeed's model file holds data-parallel rank 0's experts; each rank's are in its ZeRO partition.
+        experts.restore_expert_weights(engine)
     rng_file = root / tag / "rng" / f"rank_{dist.get_rank():05d}.pt"
     if saved in (None, current) and rng_file.is_file():
         set_rng_state(torch.load(rng_file, weights_only=True))

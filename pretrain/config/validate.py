@@ -63,7 +63,7 @@ def check_expert_parallel(cfg: Config, dp: int) -> None:
         raise ConfigError("parallel.expert_parallel_size", f"{ep} does not divide the data-parallel size {dp}")
     if experts % ep:
         raise ConfigError("parallel.expert_parallel_size", f"{ep} does not divide model.moe.num_experts={experts}")
-    # DeepSpeed would average each expert's gradient with other ranks' different experts over the
-    # whole data-parallel group, and ZeRO would make the shards equal again after each step.
-    raise ConfigError("parallel.expert_parallel_size", f"{ep}: expert parallelism under DeepSpeed's data "
-                      "parallelism is not supported yet; use 1 (experts replicated over data parallel)")
+    if cfg.parallel.zero_stage not in (1, 2):
+        # See pretrain.parallel.experts: where each rank's experts and their optimizer state live.
+        raise ConfigError("parallel.expert_parallel_size", f"{ep} needs parallel.zero_stage 1 or 2, "
+                          f"not {cfg.parallel.zero_stage}")

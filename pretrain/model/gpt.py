@@ -30,7 +30,7 @@ from pretrain.model.compile import compile_layers
 from pretrain.model.config import ModelConfig
 from pretrain.model.documents import ModelInputs, positioned_gpt_model
 from pretrain.model.flops import flops_per_token, matmul_parameters, padded_vocab_size  # noqa: F401 (re-exported)
-from pretrain.model.moe import moe_mlp_spec, moe_options
+from pretrain.model.moe import moe_mlp_spec, moe_options, seed_experts
 from pretrain.parallel import cpu_compat
 
 
@@ -138,10 +138,12 @@ def build_model(
     params_dtype: torch.dtype = torch.float32,
     sequence_parallel: bool = False,
     expert_parallel_size: int = 1,
+    seed: int = 0,
 ) -> GPTModel:
     """This rank's GPTModel shard; megatron's parallel_state must be initialized (see init_distributed).
 
-    vocab_size is used as given: pad it first with padded_vocab_size.
+    vocab_size is used as given: pad it first with padded_vocab_size. `seed` draws the MoE experts'
+    weights (the other weights come from the generators init_distributed seeded).
     """
     cpu_compat.apply()
     model_class = positioned_gpt_model() if cfg.document_masking == "reset_position_ids" else GPTModel
@@ -159,6 +161,8 @@ def build_model(
     )
     # The loss: megatron's (logits, then vocab-parallel CE) or a fused output layer + CE.
     model.output_loss = select_kernels(cfg.kernels).output_loss
+    if cfg.moe.enabled:
+        seed_experts(model, seed)
     if torch.cuda.is_available():
         # megatron puts its parallel layers on the GPU; norms are built on the CPU like apex's.
         model.cuda(torch.cuda.current_device())

@@ -35,6 +35,8 @@ class ParallelLayout:
     """Which weight shard this rank holds."""
     data_parallel_rank: int
     """Which data shard this rank reads: ranks of one TP group read the same batches."""
+    expert_parallel_size: int = 1
+    """Ranks of the data-parallel group that split each MoE layer's experts between them."""
 
 
 def check_layout(cfg: ParallelConfig, world_size: int) -> None:
@@ -75,7 +77,8 @@ def init_distributed(cfg: ParallelConfig, seed: int) -> ParallelLayout:
 
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()
-    parallel_state.initialize_model_parallel(tensor_model_parallel_size=cfg.tensor_parallel_size)
+    parallel_state.initialize_model_parallel(tensor_model_parallel_size=cfg.tensor_parallel_size,
+                                             expert_model_parallel_size=cfg.expert_parallel_size)
     set_seed(seed)
     return ParallelLayout(
         world_size=world_size,
@@ -85,6 +88,7 @@ def init_distributed(cfg: ParallelConfig, seed: int) -> ParallelLayout:
         data_parallel_size=world_size // cfg.tensor_parallel_size,
         tensor_parallel_rank=parallel_state.get_tensor_model_parallel_rank(),
         data_parallel_rank=parallel_state.get_data_parallel_rank(),
+        expert_parallel_size=cfg.expert_parallel_size,
     )
 
 

@@ -4,6 +4,7 @@ import deepspeed
 import torch
 
 from pretrain.config import Config
+from pretrain.parallel import experts
 from pretrain.parallel.layout import ParallelLayout
 from pretrain.parallel.mpu import MegatronMPU
 from pretrain.parallel.sequence_parallel import register_sequence_parallel_grad_hooks
@@ -40,9 +41,13 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 def build_engine(cfg: Config, model: torch.nn.Module, layout: ParallelLayout):
     """Wrap the model in a DeepSpeed engine with AdamW and the warmup-cosine schedule."""
     optim = cfg.optim
+    groups = param_groups(model, optim.weight_decay)
+    if layout.expert_parallel_size > 1:
+        experts.prepare_model(model, cfg.model.moe.num_experts, layout.expert_parallel_size)
+        groups = experts.split_param_groups(groups)
     # torch's AdamW instead of DeepSpeed's fused CPU/GPU Adam: no op compilation at start-up;
     # on a GPU its fused (single-kernel) implementation, which torch ships precompiled.
-    optimizer = torch.optim.AdamW(param_groups(model, optim.weight_decay), lr=optim.lr,
+    optimizer = torch.optim.AdamW(groups, lr=optim.lr,
                                   betas=(optim.beta1, optim.beta2), eps=optim.eps, fused=torch.cuda.is_available())
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(optim, cfg.train.train_steps))
     _skip_shm_comm_build()

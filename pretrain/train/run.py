@@ -59,7 +59,8 @@ def build_trainer(cfg: Config, config_dict: dict, layout: ParallelLayout, tokeni
         write_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(config_dict))
     vocab_size = padded_vocab_size(cfg.model.vocab_size or tokenizer.vocab_size, cfg.model, layout.tensor_parallel_size)
     model = build_model(cfg.model, vocab_size, layout.tensor_parallel_size, DTYPES[cfg.train.precision],
-                        sequence_parallel=cfg.parallel.sequence_parallel)
+                        sequence_parallel=cfg.parallel.sequence_parallel,
+                        expert_parallel_size=layout.expert_parallel_size, seed=cfg.train.seed)
     prepare_model(model, cfg.model, vocab_size, layout.tensor_parallel_size, layout.tensor_parallel_rank, run_dir,
                   say=lambda message: print(message, flush=True) if layout.rank == 0 else None)
     # Saved in every checkpoint: how to merge TP slices when resuming on another layout.

@@ -70,7 +70,10 @@ def test_bad_values_name_their_key(overrides, key):
     (["model.moe.num_experts=4", "parallel.expert_parallel_size=2", "train.micro_batch_size=1",
       "train.global_batch_size=3"], 3, "parallel.expert_parallel_size"),
     (["model.moe.num_experts=3", "parallel.expert_parallel_size=2"], 2, "parallel.expert_parallel_size"),
-    (["model.moe.num_experts=4", "parallel.expert_parallel_size=2"], 2, "parallel.expert_parallel_size"),
+    (["model.moe.num_experts=4", "parallel.expert_parallel_size=2", "parallel.zero_stage=0"], 2,
+     "parallel.expert_parallel_size"),
+    (["model.moe.num_experts=4", "parallel.expert_parallel_size=2", "parallel.zero_stage=3"], 2,
+     "parallel.expert_parallel_size"),
     (["model.document_masking=block_causal", "model.attention=flash"], 1, "model.document_masking"),
     (["model.document_masking=block_causal", "model.attention=te"], 1, "model.document_masking"),
 ])

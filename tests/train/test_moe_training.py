@@ -1,8 +1,9 @@
-"""Mixture of experts trained by `pretrain train` (DeepSpeed + megatron-core, gloo): data parallel
-and tensor + sequence parallel reproduce the one-process run, and the aux loss is logged."""
+"""Mixture of experts trained by `pretrain train` (DeepSpeed + megatron-core, gloo): data parallel,
+tensor + sequence parallel and expert parallel reproduce the one-process run, the aux loss is
+logged, and an expert-parallel run resumes exactly."""
 
 import pytest
-from training_runs import losses, run_train
+from training_runs import losses, run_train, sample_ids
 
 from pretrain.monitor.metrics import read_metrics
 
@@ -14,8 +15,11 @@ MOE_RUN = ["model=moe_tiny", "train.micro_batch_size=1", "model.document_masking
 
 
 def aux_losses(run_dir) -> dict[int, float]:
-    records = read_metrics(run_dir / "metrics.jsonl")
-    return {r["step"]: r["load_balancing_loss"] for r in records if "load_balancing_loss" in r}
+    return logged(run_dir, "load_balancing_loss")
+
+
+def logged(run_dir, name: str) -> dict[int, float]:
+    return {r["step"]: r[name] for r in read_metrics(run_dir / "metrics.jsonl") if name in r}
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +41,40 @@ def test_moe_learns_and_logs_its_aux_loss(moe_reference):
     # 4 micro-batches per rank: the aux loss's gradient must be scaled by 1/4, not 1/8 as above.
     ["parallel.zero_stage=2"],
     ["parallel.tensor_parallel_size=2", "parallel.sequence_parallel=true", "parallel.zero_stage=1"],
-], ids=["dp2-zero2", "tp2-sp-zero1"])
+    # Two experts per rank, tokens sent between the ranks; each expert's gradient reduced only
+    # where that expert lives (here: nowhere else).
+    ["parallel.expert_parallel_size=2", "parallel.zero_stage=2"],
+], ids=["dp2-zero2", "tp2-sp-zero1", "ep2-zero2"])
 def test_moe_layouts_match_the_single_process_run(data_root, moe_reference, tmp_path, layout):
     run_train(data_root, tmp_path, *MOE_RUN, *layout)
     assert losses(tmp_path) == pytest.approx(losses(moe_reference), rel=1e-5, abs=1e-6)
     assert aux_losses(tmp_path) == pytest.approx(aux_losses(moe_reference), rel=1e-5, abs=1e-6)
+
+
+def test_expert_parallel_gradients_match_replicated_experts(data_root, tmp_path):
+    """The gradient norm (over every expert, for clipping) and the losses of EP=2 equal EP=1's, ZeRO-1.
+
+    A gradient averaged over the wrong group, or scaled by the expert-parallel size, changes the norm
+    even where Adam's normalisation would hide it from the loss.
+    """
+    replicated, split = tmp_path / "ep1", tmp_path / "ep2"
+    run_train(data_root, replicated, *MOE_RUN, "parallel.zero_stage=1")
+    run_train(data_root, split, *MOE_RUN, "parallel.zero_stage=1", "parallel.expert_parallel_size=2")
+    assert logged(split, "grad_norm") == pytest.approx(logged(replicated, "grad_norm"), rel=1e-5)
+    assert losses(split) == pytest.approx(losses(replicated), rel=1e-5, abs=1e-6)
+
+
+def test_expert_parallel_resume_is_exact(data_root, tmp_path):
+    """Each rank's experts come back from its own ZeRO partition: DeepSpeed's model file holds rank 0's."""
+    layout = [*MOE_RUN, "parallel.expert_parallel_size=2", "parallel.zero_stage=1"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    run_train(data_root, straight, *layout)
+    run_train(data_root, resumed, *layout, "train.train_steps=3")
+    run_train(data_root, resumed, *layout)
+    assert losses(resumed) == losses(straight)  # bitwise
+    assert sample_ids(resumed) == sample_ids(straight)
+
+    # Experts do not move between layouts: another expert-parallel size is refused in one line.
+    other = run_train(data_root, straight, *MOE_RUN, "parallel.zero_stage=1", "train.train_steps=8", check=False)
+    assert other.returncode == 2
+    assert "written with dp=2 tp=1 ep=2 zero=1 on dp=2 tp=1 zero=1" in other.stderr
