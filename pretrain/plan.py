@@ -8,7 +8,9 @@ expected at a given MFU on a given GPU. Arithmetic only: no torch, no process gr
 Memory model (per GPU, N = parameters this GPU's model-parallel shard holds, d = data-parallel size):
 - Mixed precision (bf16/fp16) Adam: 2 bytes weights + 2 gradients + 12 optimizer (fp32 master,
   two fp32 moments) per parameter; fp32 training: 4 + 4 + 8. ZeRO-1 divides the optimizer
-  state by d, ZeRO-2 also the gradients, ZeRO-3 also the weights.
+  state by d, ZeRO-2 also the gradients, ZeRO-3 also the weights. With MoE at expert-parallel
+  size e, a GPU holds 1/e of each layer's experts and ZeRO divides their state by d/e (the
+  ranks holding the same experts); routers are replicated across TP like norms.
 - Activations of the transformer layers, from Korthikanti et al. 2022 ("Reducing Activation
   Recomputation in Large Transformer Models", Table 2), in bytes per layer for a micro-batch
   of b sequences of s tokens, hidden h, a heads, tensor parallelism t:
@@ -30,7 +32,13 @@ from pretrain import communication
 from pretrain.communication import Bandwidth
 from pretrain.config import Config, validate
 from pretrain.errors import ConfigError, check_choice
-from pretrain.model.flops import flops_per_token, layer_matmul_parameters, padded_vocab_size, total_parameters
+from pretrain.model.flops import (
+    flops_per_token,
+    layer_matmul_parameters,
+    mlp_parameters,
+    padded_vocab_size,
+    total_parameters,
+)
 from pretrain.monitor.mfu import PEAK_FLOPS, peak_flops
 
 GiB = 2**30
@@ -77,17 +85,32 @@ def vocab_size(cfg: Config) -> int:
     return cfg.model.vocab_size or cfg.data.tokenizer.vocab_size
 
 
-def parameters_per_gpu(cfg: Config, padded_vocab: int, tp: int, pp: int) -> int:
+def parameters_per_gpu(cfg: Config, padded_vocab: int, tp: int, pp: int, ep: int = 1) -> int:
     """Parameters on the fullest GPU: its stage's layers' TP shards, plus the embedding (first stage)
-    and the output layer and final norm (last stage); norms are replicated across TP."""
+    and the output layer and final norm (last stage); norms and MoE routers are replicated across TP.
+    With MoE, only 1/ep of each layer's experts (see expert_parameters_per_gpu)."""
     m = cfg.model
-    layer = layer_matmul_parameters(m) // tp + 2 * m.hidden_size
+    experts = expert_parameters_per_layer(m)
+    router = m.hidden_size * m.moe.num_experts if m.moe.enabled else 0
+    split = layer_matmul_parameters(m) - experts - router
+    layer = split // tp + router + experts // (tp * ep) + 2 * m.hidden_size
     stage_layers = (m.num_layers // pp) * layer
     embedding = padded_vocab * m.hidden_size // tp
     output = embedding if (m.untie_embeddings_and_output_weights or pp > 1) else 0  # pp > 1: a tied copy
     if pp == 1:
         return stage_layers + embedding + output + m.hidden_size
     return stage_layers + max(embedding, output + m.hidden_size)
+
+
+def expert_parameters_per_layer(m) -> int:
+    """One layer's MoE expert weights (all experts, no router); 0 for a dense model."""
+    return mlp_parameters(m) - m.hidden_size * m.moe.num_experts if m.moe.enabled else 0
+
+
+def expert_parameters_per_gpu(cfg: Config, tp: int, pp: int, ep: int) -> int:
+    """The experts' part of parameters_per_gpu: ZeRO partitions it over the dp/ep ranks holding the
+    same experts, not over the whole data-parallel group."""
+    return (cfg.model.num_layers // pp) * (expert_parameters_per_layer(cfg.model) // (tp * ep))
 
 
 def state_bytes(params: int, precision: str, zero_stage: int, dp: int) -> dict[str, float]:
@@ -121,8 +144,12 @@ def plan(cfg: Config, world_size: int, gpu: str, mfu: float, checkpointing: str,
     m, precision = cfg.model, cfg.train.precision
     vocab = vocab_size(cfg)
     padded = padded_vocab_size(vocab, m, layout.tensor)
-    per_gpu = parameters_per_gpu(cfg, padded, layout.tensor, layout.pipeline)
-    memory = state_bytes(per_gpu, precision, cfg.parallel.zero_stage, layout.data)
+    ep = cfg.parallel.expert_parallel_size
+    per_gpu = parameters_per_gpu(cfg, padded, layout.tensor, layout.pipeline, ep)
+    experts = expert_parameters_per_gpu(cfg, layout.tensor, layout.pipeline, ep)
+    shared = state_bytes(per_gpu - experts, precision, cfg.parallel.zero_stage, layout.data)
+    expert_state = state_bytes(experts, precision, cfg.parallel.zero_stage, layout.data // ep)
+    memory = {part: shared[part] + expert_state[part] for part in shared}
     # Fused attention (SDPA, flash-attn, TE) keeps no s x s scores: without recomputation it holds
     # what selective recomputation leaves; only megatron's unfused attention stores the scores.
     kept = "selective" if checkpointing == "none" and getattr(m, "attention", "local") != "local" else checkpointing

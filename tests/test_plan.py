@@ -156,3 +156,42 @@ def test_a_small_model_is_recommended_no_tensor_parallelism():
     cfg = compose_config(["model=llama_1b", "train.micro_batch_size=4", "train.global_batch_size=256"])
     best = recommend(cfg, 8, "h100_sxm", 0.4, gpus_per_node=8)
     assert (best["layout"].tensor, best["zero_stage"], best["checkpointing"]) == (1, 1, "none")
+
+
+# 8 experts of the tiny MoE model, split over 4 ranks, with TP=2 and sequence parallelism, on 16 GPUs.
+MOE_EP4 = ["model=moe_tiny", "model.moe.num_experts=8", "parallel.tensor_parallel_size=2",
+           "parallel.sequence_parallel=true", "parallel.expert_parallel_size=4", "parallel.zero_stage=1",
+           "train.micro_batch_size=1", "train.global_batch_size=8", "model.vocab_size=1000"]
+
+
+def _moe_shard_parameters() -> int:
+    """A real MoE GPTModel shard at TP=2, EP=4, built on the meta device under a fake 16-rank group."""
+    import torch.distributed as dist
+    from megatron.core import parallel_state
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    from pretrain.model.gpt import build_model, count_parameters
+
+    dist.init_process_group("fake", world_size=16, rank=0, store=FakeStore())
+    parallel_state.initialize_model_parallel(tensor_model_parallel_size=2, expert_model_parallel_size=4,
+                                             create_gloo_process_groups=False)
+    cfg = compose_config(MOE_EP4).model
+    with torch.device("meta"):
+        model = build_model(cfg, padded_vocab_size(cfg.vocab_size, cfg, 2), 2, sequence_parallel=True,
+                            expert_parallel_size=4)
+    parallel_state.destroy_model_parallel()
+    dist.destroy_process_group()
+    return count_parameters(model)
+
+
+def test_expert_parallelism_divides_the_experts_and_their_zero_partition():
+    cfg = compose_config(MOE_EP4)
+    p = plan(cfg, 16, "h100_sxm", 0.4, "full")
+    assert spawn(_moe_shard_parameters, 1, init_process_group=False) == [p["parameters_per_gpu"]]
+    h, experts_per_gpu = 64, 2  # 8 experts over 4 ranks
+    expert = 3 * h * 96 // 2  # SwiGLU of moe.ffn_hidden_size 96, TP=2
+    assert p["parameters_per_gpu"] - parameters_per_gpu(cfg, p["padded_vocab"], 2, 1, ep=1) == \
+        -2 * (8 - experts_per_gpu) * expert  # 2 layers, 6 of 8 experts elsewhere
+    experts = 2 * experts_per_gpu * expert
+    # bf16 Adam state (12 bytes): the shared weights over 8 data-parallel ranks, the experts over 8 / 4 = 2.
+    assert p["memory"]["optimizer"] == 12 * (p["parameters_per_gpu"] - experts) / 8 + 12 * experts / 2

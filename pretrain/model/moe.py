@@ -47,8 +47,8 @@ def seed_experts(model: torch.nn.Module, seed: int) -> None:
 
     for layer in model.decoder.layers:
         experts = getattr(layer.mlp, "experts", None)
-        if not isinstance(experts, SequentialMLP):
-            continue
+        if not isinstance(experts, SequentialMLP) or experts.local_experts[0].linear_fc1.weight.is_meta:
+            continue  # a dense layer, or a model built on the meta device only to be counted
         first = ps.get_expert_model_parallel_rank() * experts.num_local_experts
         for local, expert in enumerate(experts.local_experts):
             config = expert.config
