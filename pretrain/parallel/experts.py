@@ -26,6 +26,18 @@ import torch
 from deepspeed.moe.layer import MoE
 from deepspeed.utils import groups
 
+from pretrain.errors import ConfigError
+
+
+def check_dispatcher(token_dispatcher: str, tensor_parallel_size: int) -> None:
+    """megatron's alltoall dispatcher gathers uneven token counts over the TP group when experts are
+    split too; NCCL's all-gather takes uneven pieces, gloo's does not."""
+    import torch.distributed as dist
+
+    if token_dispatcher == "alltoall" and tensor_parallel_size > 1 and dist.get_backend() == "gloo":
+        raise ConfigError("model.moe.token_dispatcher", "alltoall with tensor and expert parallelism needs the "
+                          "nccl backend (gloo cannot gather uneven token counts); use allgather on gloo")
+
 
 def group_name(expert_parallel_size: int) -> str:
     """DeepSpeed's name for the expert groups of this size."""

@@ -43,6 +43,7 @@ def build_engine(cfg: Config, model: torch.nn.Module, layout: ParallelLayout):
     optim = cfg.optim
     groups = param_groups(model, optim.weight_decay)
     if layout.expert_parallel_size > 1:
+        experts.check_dispatcher(cfg.model.moe.token_dispatcher, layout.tensor_parallel_size)
         experts.prepare_model(model, cfg.model.moe.num_experts, layout.expert_parallel_size)
         groups = experts.split_param_groups(groups)
     # torch's AdamW instead of DeepSpeed's fused CPU/GPU Adam: no op compilation at start-up;

@@ -37,16 +37,19 @@ def test_moe_learns_and_logs_its_aux_loss(moe_reference):
     assert all(0.9 < value < 2 for value in aux.values())  # 1 when perfectly balanced
 
 
-@pytest.mark.parametrize("layout", [
-    # 4 micro-batches per rank: the aux loss's gradient must be scaled by 1/4, not 1/8 as above.
-    ["parallel.zero_stage=2"],
-    ["parallel.tensor_parallel_size=2", "parallel.sequence_parallel=true", "parallel.zero_stage=1"],
+@pytest.mark.parametrize("layout, nproc", [
+    (["parallel.zero_stage=2"], 2),
+    (["parallel.tensor_parallel_size=2", "parallel.sequence_parallel=true", "parallel.zero_stage=1"], 2),
     # Two experts per rank, tokens sent between the ranks; each expert's gradient reduced only
     # where that expert lives (here: nowhere else).
-    ["parallel.expert_parallel_size=2", "parallel.zero_stage=2"],
-], ids=["dp2-zero2", "tp2-sp-zero1", "ep2-zero2"])
-def test_moe_layouts_match_the_single_process_run(data_root, moe_reference, tmp_path, layout):
-    run_train(data_root, tmp_path, *MOE_RUN, *layout)
+    (["parallel.expert_parallel_size=2", "parallel.zero_stage=2"], 2),
+    # Experts split over 2 ranks and each expert over the 2 ranks of a TP group (drawn whole, then
+    # split). gloo cannot gather the uneven token counts of the alltoall dispatcher here.
+    (["parallel.tensor_parallel_size=2", "parallel.sequence_parallel=true", "parallel.expert_parallel_size=2",
+      "parallel.zero_stage=1", "model.moe.token_dispatcher=allgather"], 4),
+], ids=["dp2-zero2", "tp2-sp-zero1", "ep2-zero2", "tp2-sp-ep2-zero1"])
+def test_moe_layouts_match_the_single_process_run(data_root, moe_reference, tmp_path, layout, nproc):
+    run_train(data_root, tmp_path, *MOE_RUN, *layout, nproc=nproc)
     assert losses(tmp_path) == pytest.approx(losses(moe_reference), rel=1e-5, abs=1e-6)
     assert aux_losses(tmp_path) == pytest.approx(aux_losses(moe_reference), rel=1e-5, abs=1e-6)
 
@@ -78,3 +81,10 @@ def test_expert_parallel_resume_is_exact(data_root, tmp_path):
     other = run_train(data_root, straight, *MOE_RUN, "parallel.zero_stage=1", "train.train_steps=8", check=False)
     assert other.returncode == 2
     assert "written with dp=2 tp=1 ep=2 zero=1 on dp=2 tp=1 zero=1" in other.stderr
+
+
+def test_alltoall_with_tensor_and_expert_parallelism_on_gloo_is_refused(data_root, tmp_path):
+    result = run_train(data_root, tmp_path, *MOE_RUN, "parallel.tensor_parallel_size=2",
+                       "parallel.sequence_parallel=true", "parallel.expert_parallel_size=2", nproc=4, check=False)
+    assert result.returncode == 2
+    assert "model.moe.token_dispatcher: alltoall with tensor and expert parallelism needs the nccl" in result.stderr
