@@ -9,7 +9,8 @@ import os
 import sys
 
 from pretrain import exit_codes
-from pretrain.config import ConfigError
+from pretrain.errors import ConfigError
+from pretrain.train.startup_signals import record_stop_signals
 
 COMMANDS = {
     ("data", "clean"): ("pretrain.stages:clean",
@@ -127,6 +128,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["train"]:
+        # First thing, before torch loads: a USR1 or TERM during the minutes of start-up is
+        # kept for the trainer instead of killing the process (USR1's default action).
+        record_stop_signals()
     args = build_parser().parse_args(argv)
     try:
         code = run(args)

@@ -10,6 +10,7 @@ HUNG = 4
 STORAGE = 74
 """A checkpoint could not be written (disk full, no permission); the previous one is intact."""
 REQUEUE = 75
-"""Stopped on SIGUSR1/SIGTERM after saving a checkpoint: submit again to continue (EX_TEMPFAIL)."""
+"""Stopped on SIGUSR1/SIGTERM with every trained step in the latest checkpoint (saved at the stop, or
+none trained since the load when the signal came during start-up): submit again to continue (EX_TEMPFAIL)."""
 INTERRUPTED = 130
 """Stopped by Ctrl-C (SIGINT); the latest checkpoint is intact."""

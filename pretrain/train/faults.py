@@ -10,6 +10,11 @@ saves, checkpoint and seal are reached in the background thread too. Unset, it c
 `PRETRAIN_INJECT_SPIKE_STEPS=4,5` multiplies those steps' losses (and so their gradients) by
 SPIKE_FACTOR on every rank: a loss spike for the spike guard to catch.
 
+`PRETRAIN_PAUSE_AT_STARTUP=DIR` makes every rank, with its model and engine built and its
+checkpoint not yet loaded, write DIR/rank_R (holding its pid) and wait there until a stop
+signal has been recorded (at most PAUSE_LIMIT seconds): a test signals the run once every
+marker exists, which is then certainly during start-up.
+
 `PRETRAIN_DUMP_STATE=DIR` makes every save and load write the full fp32 weights and Adam
 moments (`pretrain.checkpoint.elastic.full_state`) to DIR/saved_step_N.pt or
 DIR/loaded_step_N.pt, so a test can check that a change of layout carried them over exactly.
@@ -18,10 +23,16 @@ DIR/loaded_step_N.pt, so a test can check that a change of layout carried them o
 import functools
 import os
 import signal
+import time
+from pathlib import Path
+
+from pretrain.train import startup_signals
 
 INJECT_KILL = "PRETRAIN_INJECT_KILL"
 DUMP_STATE = "PRETRAIN_DUMP_STATE"
 INJECT_SPIKE = "PRETRAIN_INJECT_SPIKE_STEPS"
+PAUSE_AT_STARTUP = "PRETRAIN_PAUSE_AT_STARTUP"
+PAUSE_LIMIT = 300
 SPIKE_FACTOR = 10.0
 POINTS = ("forward", "backward", "optimizer", "checkpoint", "seal", "async_write")
 
@@ -52,6 +63,17 @@ def kill_point(point: str, step: int) -> None:
     target = _target()
     if target and target == (int(os.environ.get("RANK", 0)), step, point):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def pause_at_startup() -> None:
+    """Write the start-up marker and wait for a stop signal, if a test asks for it."""
+    folder = os.environ.get(PAUSE_AT_STARTUP)
+    if not folder:
+        return
+    Path(folder, f"rank_{os.environ.get('RANK', '0')}").write_text(str(os.getpid()))
+    deadline = time.monotonic() + PAUSE_LIMIT
+    while startup_signals.received() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def dump_state_if_asked(engine, name: str) -> None:

@@ -126,18 +126,32 @@ class LossSpikeGuard(Callback):
 
 @contextlib.contextmanager
 def update_skipped(engine):
-    """Within this block `engine.step()` applies no update: the wrapped torch optimizer's step does nothing.
+    """Within this block `engine.step()` applies no update and does not advance the LR schedule.
 
-    DeepSpeed still runs its own bookkeeping (grad norm, zeroing the gradients, copying the
-    unchanged fp32 weights back, the LR schedule), so every ZeRO stage stays consistent.
+    The wrapped torch optimizer's step and the scheduler's step do nothing, so the next update
+    gets the learning rate this one would have had, as with DeepSpeed's own skip of an fp16
+    overflow. DeepSpeed still runs the rest of its bookkeeping (grad norm, zeroing the
+    gradients, copying the unchanged fp32 weights back, its step and sample counters), so
+    every ZeRO stage stays consistent, and the scheduler saved in the next checkpoint carries
+    the count of updates actually made.
     """
     inner = getattr(engine.optimizer, "optimizer", engine.optimizer)  # ZeRO and bf16 wrap the torch optimizer
-    patched = inner.__dict__.get("step")  # an LR scheduler wraps `step` on the instance
-    inner.step = lambda *args, **kwargs: None
+    with _does_nothing(inner, "step"), _does_nothing(engine.lr_scheduler, "step"):
+        yield
+
+
+@contextlib.contextmanager
+def _does_nothing(obj, method: str):
+    """Within this block `obj.method(...)` does nothing (None: nothing to hold)."""
+    if obj is None:
+        yield
+        return
+    patched = obj.__dict__.get(method)  # an LR scheduler wraps the optimizer's `step` on the instance
+    setattr(obj, method, lambda *args, **kwargs: None)
     try:
         yield
     finally:
         if patched is None:
-            del inner.step
+            delattr(obj, method)
         else:
-            inner.step = patched
+            setattr(obj, method, patched)

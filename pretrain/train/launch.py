@@ -3,7 +3,8 @@
 The agent runs inside this process (rather than as `python -m torch.distributed.run`) so a
 Ctrl-C or a failed worker ends with one line and the workers' own exit code, instead of the
 agent's traceback. The agent forwards SIGINT and SIGTERM to the workers itself; SIGUSR1 (the
-"save and stop" signal) is forwarded here.
+"save and stop" signal) is forwarded here. A stop signal that came while this process started
+(recorded by `pretrain.train.startup_signals`) ends it before any worker starts.
 """
 
 import os
@@ -13,6 +14,7 @@ import sys
 import psutil
 
 from pretrain import exit_codes
+from pretrain.train import startup_signals
 
 
 def launch_local(nproc: int, worker_args: list[str]) -> int:
@@ -27,6 +29,11 @@ def launch_local(nproc: int, worker_args: list[str]) -> int:
     args = torchrun.parse_args(["--standalone", f"--nproc-per-node={nproc}", "--no-python",
                                 sys.executable, "-m", "pretrain.cli", *worker_args])
     signal.signal(signal.SIGUSR1, _forward_to_workers)
+    startup_signals.stop_recording(signal.SIGTERM)  # the agent installs its own handler as it starts the workers
+    if (signum := startup_signals.received()) is not None:
+        print(f"pretrain: received {signal.Signals(signum).name} before the workers started; nothing to save",
+              file=sys.stderr)
+        return exit_codes.REQUEUE
     try:
         torchrun.run(args)
         return 0

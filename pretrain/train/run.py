@@ -23,6 +23,7 @@ from pretrain.parallel.layout import ParallelLayout, destroy_distributed, init_d
 from pretrain.tokenizers.tokenizer import Tokenizer
 from pretrain.train import callbacks as cb
 from pretrain.train.engine import build_engine
+from pretrain.train.faults import pause_at_startup
 from pretrain.train.guards import LossSpikeGuard, NonFiniteGuard
 from pretrain.train.inputs import check_inputs
 from pretrain.train.signals import StopOnSignal
@@ -72,6 +73,7 @@ def build_trainer(cfg: Config, config_dict: dict, layout: ParallelLayout, tokeni
     trainer.inject_nonfinite_steps = {int(s) for s in os.environ.get(INJECT_NONFINITE, "").split(",") if s}
     trainer.inject_hang = _injected_hang(layout.rank)
     trainer.inject_forward_delay = _injected_delay(layout.rank)
+    pause_at_startup()
     resume(trainer, run_dir, cfg.train.checkpoint.verify)
     return trainer
 

@@ -12,6 +12,7 @@ from training_runs import TINY_RUN, losses, run_train, wandb_history
 
 from pretrain import exit_codes
 from pretrain.monitor.metrics import read_metrics
+from pretrain.train.faults import PAUSE_AT_STARTUP
 
 STEPS = 40
 
@@ -27,11 +28,11 @@ def straight(data_root, tmp_path_factory):
     return run_dir
 
 
-def start(data_root, run_dir, overrides) -> subprocess.Popen:
+def start(data_root, run_dir, overrides, nproc=2, env=None) -> subprocess.Popen:
     command = [sys.executable, "-m", "pretrain.cli", "train", *TINY_RUN, f"data.root={data_root}",
-               f"train.run_dir={run_dir}", "parallel.nproc_per_node=2", *overrides]
+               f"train.run_dir={run_dir}", f"parallel.nproc_per_node={nproc}", *overrides]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, env={**os.environ, **(env or {})})
 
 
 def wait_for(condition, process, seconds=240):
@@ -48,6 +49,28 @@ def start_and_interrupt(data_root, run_dir, overrides):
     os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C sends to the terminal's process group
     process.communicate(timeout=60)
     return latest.read_text().strip()
+
+
+def stop_at_a_step(data_root, run_dir) -> str:
+    """Start a run, stop it with SIGUSR1 after a few steps; the checkpoint it saved."""
+    process = start(data_root, run_dir, OVERRIDES)
+    wait_for(lambda: len(logged_steps(run_dir)) >= 4, process)
+    process.send_signal(signal.SIGUSR1)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == exit_codes.REQUEUE, err[-3000:]
+    return (run_dir / "checkpoints" / "latest").read_text().strip()
+
+
+def signal_during_startup(data_root, run_dir, signum, nproc=2) -> subprocess.CompletedProcess:
+    """Start a run, send `signum` to `pretrain train` while every rank is paused in start-up
+    (its engine built, its checkpoint not yet loaded), and wait for the run to end."""
+    markers = run_dir.parent / f"{run_dir.name}-startup"
+    markers.mkdir()
+    process = start(data_root, run_dir, OVERRIDES, nproc, env={PAUSE_AT_STARTUP: str(markers)})
+    wait_for(lambda: len(list(markers.glob("rank_*"))) == nproc, process)
+    process.send_signal(signum)
+    out, err = process.communicate(timeout=120)
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
 
 
 def logged_steps(run_dir) -> list[int]:
@@ -93,3 +116,34 @@ def test_interrupted_run_resumes_exactly_and_finishes_at_the_same_step(data_root
     logged = {r["history"]["step"]["num"]: r["history"]["item"]["loss"]
               for r in history if r.get("type") == "history" and "loss" in r["history"]["item"]}
     assert logged[STEPS] == losses(run_dir)[STEPS]
+
+
+def test_a_stop_signal_during_start_up_exits_for_a_requeue_and_the_run_resumes_exactly(data_root, tmp_path,
+                                                                                      straight):
+    run_dir = tmp_path / "run"
+    saved = stop_at_a_step(data_root, run_dir)
+    steps_before = logged_steps(run_dir)
+    # SIGUSR1's default action would kill the workers: the launcher would report a failure (1).
+    result = signal_during_startup(data_root, run_dir, signal.SIGUSR1)
+    assert result.returncode == exit_codes.REQUEUE, result.stderr[-3000:]
+    assert f"stopping at {saved.replace('_', ' ')}: received SIGUSR1 during start-up" in result.stdout
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == saved
+    assert logged_steps(run_dir) == steps_before  # no step was trained after the checkpoint
+
+    resumed = run_train(data_root, run_dir, *OVERRIDES)
+    assert f"resuming from {run_dir / 'checkpoints' / saved}" in resumed.stdout
+    assert logged_steps(run_dir) == list(range(1, STEPS + 1))  # none lost, none repeated
+    assert losses(run_dir) == losses(straight)
+    for rank in (0, 1):
+        name = f"samples/rank_{rank:05d}.jsonl"
+        assert read_metrics(run_dir / name) == read_metrics(straight / name)
+
+
+def test_sigterm_during_the_start_up_of_a_new_run_exits_for_a_requeue(data_root, tmp_path):
+    # One process, no launcher in between: the worker itself gets the signal.
+    run_dir = tmp_path / "run"
+    result = signal_during_startup(data_root, run_dir, signal.SIGTERM, nproc=1)
+    assert result.returncode == exit_codes.REQUEUE, result.stderr[-3000:]  # not -SIGTERM
+    assert "stopping at step 0: received SIGTERM during start-up" in result.stdout
+    assert not (run_dir / "checkpoints" / "latest").exists()  # nothing trained, nothing saved
+    assert logged_steps(run_dir) == []
