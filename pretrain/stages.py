@@ -81,13 +81,16 @@ def worker_args(args) -> list[str]:
 
 
 def export_hf(cfg: None, args) -> int:
-    """`pretrain export hf RUN_DIR`: a checkpoint as a Hugging Face Llama directory."""
+    """`pretrain export hf RUN_DIR`: a checkpoint as a Hugging Face Llama (or Mixtral) directory."""
+    import json
+
     from pretrain.model.hf import export
 
     if args.max_shard_gb <= 0:
         raise ConfigError("--max-shard-gb", f"must be > 0, got {args.max_shard_gb}")
     out = export(args.run_dir, args.step, args.out, args.tokenizer, int(args.max_shard_gb * 2**30))
-    print(f"exported {args.run_dir} -> {out} (LlamaForCausalLM: model.safetensors, config.json, tokenizer)")
+    architecture = json.loads((out / "config.json").read_text())["architectures"][0]
+    print(f"exported {args.run_dir} -> {out} ({architecture}: model.safetensors, config.json, tokenizer)")
     return 0
 
 

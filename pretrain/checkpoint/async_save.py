@@ -11,7 +11,6 @@ flight at a time: the next save, a rollback, a stop and the end of training wait
 
 import copy
 import threading
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -66,12 +65,13 @@ class HostCopyEngine(CheckpointEngine):
         return False  # to_host already copies each view into a tensor of its own
 
 
-def capture(engine, save_dir: Path, tag: str) -> list[tuple[str, dict, bool]]:
-    """Run DeepSpeed's save_checkpoint with the host-copy engine: the files it would write, in memory."""
+def capture(engine, save) -> list[tuple[str, dict, bool]]:
+    """Run `save()` (DeepSpeed's save_checkpoint and any file written through `engine.checkpoint_engine`)
+    with the host-copy engine: the files it would write, in memory."""
     original = engine.checkpoint_engine
     engine.checkpoint_engine = HostCopyEngine(getattr(original, "zipfile_serialization", True))
     try:
-        engine.save_checkpoint(str(save_dir), tag=tag, save_latest=False)
+        save()
         return engine.checkpoint_engine.queued
     finally:
         engine.checkpoint_engine = original

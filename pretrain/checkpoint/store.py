@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from pretrain.checkpoint import async_save, elastic, manifest
+from pretrain.checkpoint import async_save, elastic, manifest, weights
 from pretrain.checkpoint.config import CheckpointConfig
 from pretrain.errors import ConfigError
 from pretrain.io import write_atomic, write_json
@@ -77,11 +77,17 @@ def save(engine, run_dir: str | Path, step: int, trainer_state: dict, retention:
     sealed and committed in the background (the previous write is waited for first).
     """
     root, tag = checkpoints_dir(run_dir), tag_for(step)
+
+    def write_files():
+        engine.save_checkpoint(str(root), tag=tag, save_latest=False)
+        if engine.has_moe_layers:  # split experts: DeepSpeed's model file holds rank 0's only
+            weights.save_expert_weights(engine, root / tag)
+
     if writer is not None:
         writer.wait()
-        files = async_save.capture(engine, root, tag)
+        files = async_save.capture(engine, write_files)
     else:
-        engine.save_checkpoint(str(root), tag=tag, save_latest=False)
+        write_files()
     rank = dist.get_rank()
     (root / tag / "rng").mkdir(parents=True, exist_ok=True)
     torch.save(rng_state(), root / tag / "rng" / f"rank_{rank:05d}.pt")

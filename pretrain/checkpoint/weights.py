@@ -11,6 +11,10 @@ Layouts (one set per tensor-parallel rank `mp_rank_XX`):
   `zero_pp_rank_D_mp_rank_XX_optim_states.pt` holds its slice of every parameter (fp32
   master), concatenated in `param_shapes` order, each parameter padded to a multiple of the
   data-parallel size. Frozen parameters are sliced the same way in the model-state files.
+- MoE experts split over ranks (expert_parallel_size E > 1): the model file holds expert-parallel
+  rank 0's experts; `experts_ep_EE_mp_rank_XX.pt` holds rank EE's, named by their global index
+  (`...local_experts.<global>...`, as a model with E = 1 names them). Written by this project,
+  not DeepSpeed (its own expert files are keyed to its own MoE module).
 """
 
 import re
@@ -21,6 +25,8 @@ import torch
 from pretrain.errors import ConfigError
 
 _MP_RANK = re.compile(r"mp_rank_(\d+)")
+_LOCAL_EXPERT = re.compile(r"(.*\.local_experts\.)(\d+)(\..*)")
+EXPERT_FILE = "experts_ep_{ep}_mp_rank_{tp:02d}.pt"  # ep: two digits, or * to find them all
 
 
 def load_file(path: Path, deepspeed_classes: bool = False) -> dict:
@@ -48,10 +54,41 @@ def _tp_rank_weights(checkpoint_dir: Path, tp_rank: int) -> dict[str, torch.Tens
     mp = f"mp_rank_{tp_rank:02d}"
     plain = checkpoint_dir / f"{mp}_model_states.pt"
     if plain.is_file():  # ZeRO 0-2: the module itself
-        return _parameters(load_file(plain)["module"])
+        return _with_all_experts(_parameters(load_file(plain)["module"]), checkpoint_dir, tp_rank)
     model_files = _by_dp_rank(checkpoint_dir.glob(f"zero_pp_rank_*_{mp}_model_states.pt"))
     optim_files = _by_dp_rank(checkpoint_dir.glob(f"zero_pp_rank_*_{mp}_optim_states.pt"))
     return gather_zero3(model_files, optim_files)
+
+
+def _with_all_experts(weights: dict[str, torch.Tensor], checkpoint_dir: Path, tp_rank: int) -> dict:
+    """Every expert-parallel rank's experts in place of rank 0's (a checkpoint with split experts)."""
+    files = sorted(checkpoint_dir.glob(EXPERT_FILE.format(ep="*", tp=tp_rank)))
+    if not files:
+        return weights
+    weights = {name: tensor for name, tensor in weights.items() if not _LOCAL_EXPERT.fullmatch(name)}
+    for path in files:
+        weights.update(load_file(path))
+    return weights
+
+
+def save_expert_weights(engine, checkpoint_dir: Path) -> None:
+    """Write this rank's experts under their global index, once per expert-parallel and TP rank."""
+    from megatron.core import parallel_state as ps
+
+    if ps.get_expert_data_parallel_rank() != 0:
+        return  # the other ranks of its expert-data-parallel group hold the same experts
+    ep_rank = ps.get_expert_model_parallel_rank()
+    experts = {name: param.detach() for name, param in engine.module.named_parameters()
+               if not getattr(param, "allreduce", True)}
+    local_count = 1 + max(int(_LOCAL_EXPERT.fullmatch(name).group(2)) for name in experts)
+    state = {_global_name(name, ep_rank * local_count): tensor.clone() for name, tensor in experts.items()}
+    path = checkpoint_dir / EXPERT_FILE.format(ep=f"{ep_rank:02d}", tp=ps.get_tensor_model_parallel_rank())
+    engine.checkpoint_engine.save(state, str(path))
+
+
+def _global_name(name: str, first: int) -> str:
+    prefix, local, rest = _LOCAL_EXPERT.fullmatch(name).groups()
+    return f"{prefix}{first + int(local)}{rest}"
 
 
 def _by_dp_rank(paths) -> list[Path]:

@@ -16,6 +16,9 @@ Layout facts (megatron-core's GPTModel, local layer spec):
   ones (attention output, fc2) along dim 1; norms are replicated.
 - The embedding and output layer carry rows for vocabulary padding (a multiple of
   make_vocab_size_divisible_by × TP): dropped on export, zero rows on import.
+- A mixture-of-experts model exports as `MixtralForCausalLM` (same attention, norms and
+  embeddings): megatron's `mlp.router.weight` [E, h] is Mixtral's `block_sparse_moe.gate`,
+  and expert j's `linear_fc1` [gate; up] / `linear_fc2` are its `w1`, `w3` / `w2`. Export only.
 """
 
 import json
@@ -46,14 +49,17 @@ _SAME = {
     "mlp.linear_fc2.weight": "mlp.down_proj.weight",
 }
 _COLUMN_PARALLEL = (QKV, EMBEDDING, OUTPUT)
-_ROW_PARALLEL = ("self_attention.linear_proj.weight", "mlp.linear_fc2.weight")
+_ROW_PARALLEL = ("self_attention.linear_proj.weight", "linear_fc2.weight")  # the MLP's and each expert's
+# MoE layers (HF Mixtral): the router, and each expert's SwiGLU as w1 (gate), w3 (up), w2 (down).
+ROUTER = "mlp.router.weight"
+_EXPERT = re.compile(r"mlp\.experts\.local_experts\.(\d+)\.(linear_fc1|linear_fc2)\.weight")
 
 
 # --- tensor parallelism: merge shards for export, split for import -------------------------
 
 def _split_dim(name: str) -> int | None:
-    if name.endswith(FC1):
-        return None  # gate and up halves: see merge/split
+    if name.endswith("linear_fc1.weight"):
+        return None  # gate and up halves (the MLP's and each expert's): see merge/split
     if name.endswith(_COLUMN_PARALLEL):
         return 0
     if name.endswith(_ROW_PARALLEL):
@@ -114,7 +120,32 @@ def to_hf(weights: dict[str, torch.Tensor], cfg: ModelConfig, vocab_size: int) -
             hf[prefix + "mlp.gate_proj.weight"], hf[prefix + "mlp.up_proj.weight"] = tensor.chunk(2, dim=0)
         elif suffix in _SAME:
             hf[prefix + _SAME[suffix]] = tensor
+        else:
+            hf.update(_moe_to_hf(prefix + "block_sparse_moe.", suffix, tensor))
     return {name: t.contiguous() for name, t in hf.items()}
+
+
+def check_experts(weights: dict[str, torch.Tensor], cfg: ModelConfig, checkpoint: Path) -> None:
+    """Every layer must hold all of the model's experts (a checkpoint of split experts lists each rank's)."""
+    found = {int(m.group(1)) for name in weights if (m := _EXPERT.search(name)) and name.startswith("decoder.layers.0.")}
+    if found != set(range(cfg.moe.num_experts if cfg.moe.enabled else 0)):
+        raise ConfigError("--step", f"{checkpoint} holds experts {sorted(found)} of the first layer, the model has "
+                                    f"{cfg.moe.num_experts} (a file of experts is missing)")
+
+
+def _moe_to_hf(prefix: str, suffix: str, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A router or expert weight under Mixtral's names (megatron's router, top-k of the logits then
+    softmax over those k, is Mixtral's softmax, top-k, renormalise)."""
+    if suffix == ROUTER:
+        return {prefix + "gate.weight": tensor}
+    expert = _EXPERT.fullmatch(suffix)
+    if expert is None:
+        return {}
+    name = f"{prefix}experts.{expert.group(1)}."
+    if expert.group(2) == "linear_fc2":
+        return {name + "w2.weight": tensor}
+    gate, up = tensor.chunk(2, dim=0)
+    return {name + "w1.weight": gate, name + "w3.weight": up}
 
 
 def from_hf(hf: dict[str, torch.Tensor], cfg: ModelConfig, padded_vocab: int) -> dict[str, torch.Tensor]:
@@ -145,8 +176,8 @@ def _pad_rows(tensor: torch.Tensor, rows: int) -> torch.Tensor:
 # --- config.json ----------------------------------------------------------------------------
 
 def hf_config(cfg: ModelConfig, vocab_size: int, dtype: torch.dtype, special_ids: dict) -> dict:
-    """config.json of a LlamaForCausalLM with our model's shape."""
-    return {
+    """config.json of a LlamaForCausalLM with our model's shape (MixtralForCausalLM with MoE)."""
+    config = {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
         "vocab_size": vocab_size,
@@ -171,6 +202,14 @@ def hf_config(cfg: ModelConfig, vocab_size: int, dtype: torch.dtype, special_ids
         "use_cache": True,
         **special_ids,
     }
+    if cfg.moe.enabled:
+        config.update({
+            "architectures": ["MixtralForCausalLM"], "model_type": "mixtral",
+            "intermediate_size": cfg.moe.ffn_hidden_size or cfg.ffn_hidden_size,
+            "num_local_experts": cfg.moe.num_experts, "num_experts_per_tok": cfg.moe.router_topk,
+            "router_aux_loss_coef": cfg.moe.aux_loss_coeff, "output_router_logits": False, "sliding_window": None,
+        })
+    return config
 
 
 def _rope_theta(hf: dict) -> float | None:
@@ -262,7 +301,7 @@ def safetensors_files(directory: str | Path) -> list[Path]:
 
 def export(run_dir: str | Path, step: int | None = None, out_dir: str | Path | None = None,
            tokenizer_dir: str | Path | None = None, max_shard_bytes: int = 5 * 2**30) -> Path:
-    """Write checkpoint `step` (default: latest) of `run_dir` as an HF Llama directory; returns it."""
+    """Write checkpoint `step` (default: latest) of `run_dir` as an HF Llama (MoE: Mixtral) directory."""
     from pretrain.checkpoint.weights import tensor_parallel_shards
     from pretrain.io import atomic_dir, write_json
 
@@ -275,6 +314,7 @@ def export(run_dir: str | Path, step: int | None = None, out_dir: str | Path | N
     vocab_size = cfg.vocab_size or tokenizer.vocab_size
     dtype = DTYPES[config["train"]["precision"]]
     weights = merge_tensor_parallel(tensor_parallel_shards(checkpoint))
+    check_experts(weights, cfg, checkpoint)
     tensors = {name: t.to(dtype) for name, t in to_hf(weights, cfg, vocab_size).items()}
     special = {"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id, "pad_token_id": tokenizer.pad_id}
     out_dir = Path(out_dir or run_dir / "hf" / checkpoint.name)
@@ -385,6 +425,9 @@ def write_tokenizer(tokenizer, directory: Path, max_length: int) -> None:
 
 def check_init_from(cfg: ModelConfig, tokenizer_vocab_size: int) -> dict:
     """Check model.init_from's config against the model before any process starts; its config."""
+    if cfg.moe.enabled:
+        raise ConfigError(KEY, "starting a mixture-of-experts model from HF weights is not supported "
+                               "(export to Mixtral format is)")
     hf = read_hf_config(cfg.init_from)
     vocab_size = cfg.vocab_size or tokenizer_vocab_size
     check_hf_config(hf, cfg, vocab_size, Path(cfg.init_from) / "config.json")

@@ -2,7 +2,12 @@
 tensor + sequence parallel and expert parallel reproduce the one-process run, the aux loss is
 logged, and an expert-parallel run resumes exactly."""
 
+import subprocess
+import sys
+
+import numpy as np
 import pytest
+import torch
 from training_runs import losses, run_train, sample_ids
 
 from pretrain.monitor.metrics import read_metrics
@@ -12,6 +17,9 @@ from pretrain.monitor.metrics import read_metrics
 # Document masking and selective recomputation ride along to check their wiring end to end.
 MOE_RUN = ["model=moe_tiny", "train.micro_batch_size=1", "model.document_masking=block_causal",
            "model.activation_checkpointing=selective"]
+
+
+EXPERT_PARALLEL = [*MOE_RUN, "parallel.expert_parallel_size=2", "parallel.zero_stage=1"]
 
 
 def aux_losses(run_dir) -> dict[int, float]:
@@ -67,20 +75,56 @@ def test_expert_parallel_gradients_match_replicated_experts(data_root, tmp_path)
     assert losses(split) == pytest.approx(losses(replicated), rel=1e-5, abs=1e-6)
 
 
-def test_expert_parallel_resume_is_exact(data_root, tmp_path):
+@pytest.fixture(scope="module")
+def expert_parallel_run(data_root, tmp_path_factory):
+    """Experts split over 2 ranks, ZeRO-1, 6 steps (checkpoints at 3 and 6)."""
+    run_dir = tmp_path_factory.mktemp("ep2")
+    run_train(data_root, run_dir, *EXPERT_PARALLEL)
+    return run_dir
+
+
+def test_expert_parallel_resume_is_exact(data_root, expert_parallel_run, tmp_path):
     """Each rank's experts come back from its own ZeRO partition: DeepSpeed's model file holds rank 0's."""
-    layout = [*MOE_RUN, "parallel.expert_parallel_size=2", "parallel.zero_stage=1"]
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    run_train(data_root, straight, *layout)
-    run_train(data_root, resumed, *layout, "train.train_steps=3")
-    run_train(data_root, resumed, *layout)
-    assert losses(resumed) == losses(straight)  # bitwise
-    assert sample_ids(resumed) == sample_ids(straight)
+    run_train(data_root, tmp_path, *EXPERT_PARALLEL, "train.train_steps=3")
+    run_train(data_root, tmp_path, *EXPERT_PARALLEL)
+    assert losses(tmp_path) == losses(expert_parallel_run)  # bitwise
+    assert sample_ids(tmp_path) == sample_ids(expert_parallel_run)
 
     # Experts do not move between layouts: another expert-parallel size is refused in one line.
-    other = run_train(data_root, straight, *MOE_RUN, "parallel.zero_stage=1", "train.train_steps=8", check=False)
+    other = run_train(data_root, tmp_path, *MOE_RUN, "parallel.zero_stage=1", "train.train_steps=8", check=False)
     assert other.returncode == 2
     assert "written with dp=2 tp=1 ep=2 zero=1 on dp=2 tp=1 zero=1" in other.stderr
+
+
+def test_expert_parallel_checkpoint_exports_as_mixtral(data_root, expert_parallel_run):
+    """Every rank's experts reach the export: transformers' Mixtral gives our logits, and our model
+    rebuilt from the export's checkpoint files gives the validation loss the run logged."""
+    from dist_utils import single_process_group
+    from transformers import MixtralForCausalLM
+
+    from pretrain.data.loader import ShardedSamples
+    from pretrain.model.documents import ModelInputs
+    from pretrain.model.generate import load_checkpoint_model
+    from pretrain.model.gpt import language_model_loss
+
+    hf_dir = expert_parallel_run / "hf"
+    result = subprocess.run([sys.executable, "-m", "pretrain.cli", "export", "hf", str(expert_parallel_run),
+                             "--out", str(hf_dir)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "MixtralForCausalLM" in result.stdout
+    theirs = MixtralForCausalLM.from_pretrained(hf_dir, dtype=torch.float32, attn_implementation="eager").eval()
+    valid = ShardedSamples(data_root / "dataset", "valid")
+    tokens = torch.from_numpy(np.stack([valid[i] for i in range(12)])).long()  # eval_samples=12
+    with single_process_group():
+        ours, tokenizer, _ = load_checkpoint_model(expert_parallel_run)
+        with torch.no_grad():
+            input_ids = tokens[:, :-1]
+            our_logits = ours(input_ids, torch.arange(input_ids.shape[1]).expand_as(input_ids), None)
+            their_logits = theirs(input_ids).logits
+            inputs = ModelInputs("block_causal", tokenizer.eos_id)
+            our_loss = sum(language_model_loss(ours, tokens[i:i + 1], inputs).item() for i in range(12)) / 12
+    assert (our_logits[..., :their_logits.shape[-1]] - their_logits).abs().max().item() <= 1e-4
+    assert our_loss == pytest.approx(logged(expert_parallel_run, "valid_loss")[6], abs=1e-5)
 
 
 def test_alltoall_with_tensor_and_expert_parallelism_on_gloo_is_refused(data_root, tmp_path):
