@@ -18,6 +18,7 @@ Layouts (one set per tensor-parallel rank `mp_rank_XX`):
 """
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -101,25 +102,56 @@ def _parameters(module_state: dict) -> dict[str, torch.Tensor]:
             if isinstance(tensor, torch.Tensor) and not name.endswith("_extra_state")}
 
 
-def gather_zero3(model_files: list[Path], optim_files: list[Path]) -> dict[str, torch.Tensor]:
-    """Reassemble one TP rank's parameters from its ZeRO-3 partitions (one file pair per DP rank)."""
-    world = len(optim_files)
-    model_state = load_file(model_files[0])
-    flats = [torch.cat([t.reshape(-1) for t in load_file(f, True)["optimizer_state_dict"]["fp32_flat_groups"]])
-             for f in optim_files]
-    weights, offset = {}, 0
-    for group in model_state["param_shapes"]:
-        for name, shape in group.items():
-            numel = shape.numel()
-            part = -(-numel // world)
-            weights[name] = torch.cat([flat[offset:offset + part] for flat in flats])[:numel].view(shape).clone()
-            offset += part
-    if offset != flats[0].numel():
-        raise ValueError(f"ZeRO-3 partitions of {optim_files[0].parent} hold {flats[0].numel()} values per rank, "
-                         f"the parameter shapes need {offset}")
-    frozen = model_state.get("frozen_param_shapes") or {}
-    if frozen:
-        fragments = [load_file(f)["frozen_param_fragments"] for f in model_files]
-        for name, shape in frozen.items():
-            weights[name] = torch.cat([f[name].reshape(-1) for f in fragments])[:shape.numel()].view(shape).clone()
-    return weights
+def gather_zero3(model_files: list[Path], optim_files: list[Path]) -> "Zero3Weights":
+    """One TP rank's parameters from its ZeRO-3 partitions (one file pair per DP rank), read lazily."""
+    return Zero3Weights(model_files, optim_files)
+
+
+class Zero3Weights(Mapping):
+    """name -> full parameter, assembled from every data-parallel rank's slice when it is read.
+
+    The partition files are memory-mapped, so holding this costs no memory until a parameter
+    is read; export reads a layer at a time.
+    """
+
+    def __init__(self, model_files: list[Path], optim_files: list[Path]):
+        self.world = len(optim_files)
+        self.model_files = model_files
+        model_state = load_file(model_files[0])
+        self.flats = [load_file(f, True)["optimizer_state_dict"]["fp32_flat_groups"] for f in optim_files]
+        self.places: dict[str, tuple[int, int, torch.Size]] = {}  # name -> (param group, offset, shape)
+        for group_index, group in enumerate(model_state["param_shapes"]):
+            offset = 0
+            for name, shape in group.items():
+                self.places[name] = (group_index, offset, shape)
+                offset += self._part(shape)
+            if offset != self.flats[0][group_index].numel():
+                raise ValueError(f"ZeRO-3 partitions of {optim_files[0].parent} hold "
+                                 f"{self.flats[0][group_index].numel()} values of param group {group_index} per "
+                                 f"rank, the parameter shapes need {offset}")
+        self.frozen = model_state.get("frozen_param_shapes") or {}
+        self._fragments = None
+
+    def _part(self, shape: torch.Size) -> int:
+        return -(-shape.numel() // self.world)  # each rank's slice, the last padded
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name in self.frozen:
+            shape = self.frozen[name]
+            pieces = [fragments[name].reshape(-1) for fragments in self.fragments()]
+        else:
+            group_index, offset, shape = self.places[name]
+            part = self._part(shape)
+            pieces = [flats[group_index].reshape(-1)[offset:offset + part] for flats in self.flats]
+        return torch.cat(pieces)[:shape.numel()].view(shape).clone()
+
+    def fragments(self) -> list[dict]:
+        if self._fragments is None:
+            self._fragments = [load_file(f)["frozen_param_fragments"] for f in self.model_files]
+        return self._fragments
+
+    def __iter__(self):
+        return iter([*self.places, *self.frozen])
+
+    def __len__(self) -> int:
+        return len(self.places) + len(self.frozen)

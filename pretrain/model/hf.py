@@ -30,6 +30,7 @@ import torch
 
 from pretrain.errors import ConfigError
 from pretrain.model.config import ModelConfig
+from pretrain.model.safetensors_writer import StreamingSafetensors
 
 KEY = "model.init_from"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -101,11 +102,12 @@ def split_tensor_parallel(full: dict[str, torch.Tensor], tp_size: int, tp_rank: 
 # --- megatron names and layout ⇄ HF Llama ------------------------------------------------------
 
 def to_hf(weights: dict[str, torch.Tensor], cfg: ModelConfig, vocab_size: int) -> dict[str, torch.Tensor]:
-    """HF LlamaForCausalLM state dict from our full (TP-merged) weights; vocab padding dropped."""
+    """HF LlamaForCausalLM state dict from our full (TP-merged) weights, or from any part of them
+    (export converts a layer at a time); vocab padding dropped."""
     groups, per_group = cfg.num_query_groups, cfg.num_attention_heads // cfg.num_query_groups
-    hf = {"model.embed_tokens.weight": weights[EMBEDDING][:vocab_size], "model.norm.weight": weights[FINAL_NORM]}
-    if OUTPUT in weights:
-        hf["lm_head.weight"] = weights[OUTPUT][:vocab_size]
+    top = {EMBEDDING: "model.embed_tokens.weight", FINAL_NORM: "model.norm.weight", OUTPUT: "lm_head.weight"}
+    hf = {top[name]: tensor[:vocab_size] if name != FINAL_NORM else tensor
+          for name, tensor in weights.items() if name in top}
     for name, tensor in weights.items():
         match = _LAYER.fullmatch(name)
         if not match:
@@ -125,9 +127,9 @@ def to_hf(weights: dict[str, torch.Tensor], cfg: ModelConfig, vocab_size: int) -
     return {name: t.contiguous() for name, t in hf.items()}
 
 
-def check_experts(weights: dict[str, torch.Tensor], cfg: ModelConfig, checkpoint: Path) -> None:
+def check_experts(names: list[str], cfg: ModelConfig, checkpoint: Path) -> None:
     """Every layer must hold all of the model's experts (a checkpoint of split experts lists each rank's)."""
-    found = {int(m.group(1)) for name in weights if (m := _EXPERT.search(name)) and name.startswith("decoder.layers.0.")}
+    found = {int(m.group(1)) for name in names if (m := _EXPERT.search(name)) and name.startswith("decoder.layers.0.")}
     if found != set(range(cfg.moe.num_experts if cfg.moe.enabled else 0)):
         raise ConfigError("--step", f"{checkpoint} holds experts {sorted(found)} of the first layer, the model has "
                                     f"{cfg.moe.num_experts} (a file of experts is missing)")
@@ -313,13 +315,18 @@ def export(run_dir: str | Path, step: int | None = None, out_dir: str | Path | N
     tokenizer = open_tokenizer(tokenizer_dir)
     vocab_size = cfg.vocab_size or tokenizer.vocab_size
     dtype = DTYPES[config["train"]["precision"]]
-    weights = merge_tensor_parallel(tensor_parallel_shards(checkpoint))
-    check_experts(weights, cfg, checkpoint)
-    tensors = {name: t.to(dtype) for name, t in to_hf(weights, cfg, vocab_size).items()}
+    shards = tensor_parallel_shards(checkpoint)  # read lazily: memory maps, ZeRO-3 pieces on demand
+    check_experts(list(shards[0]), cfg, checkpoint)
     special = {"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id, "pad_token_id": tokenizer.pad_id}
     out_dir = Path(out_dir or run_dir / "hf" / checkpoint.name)
     with atomic_dir(out_dir) as tmp:
-        write_safetensors(tensors, tmp, max_shard_bytes)
+        # A layer at a time: memory holds one layer's merged weights and one output shard.
+        writer = SafetensorsWriter(tmp, max_shard_bytes)
+        for names in conversion_units(shards[0]):
+            weights = merge_tensor_parallel([{name: shard[name] for name in names} for shard in shards])
+            for name, tensor in to_hf(weights, cfg, vocab_size).items():
+                writer.add(name, tensor.to(dtype))
+        writer.close()
         write_json(tmp / "config.json", hf_config(cfg, vocab_size, dtype, special))
         write_json(tmp / "generation_config.json", {**special, "max_length": cfg.seq_length})
         write_tokenizer(tokenizer, tmp, cfg.seq_length)
@@ -339,32 +346,68 @@ def _readable_by_all(directory: Path) -> None:
         path.chmod(0o666 & ~umask)
 
 
-def write_safetensors(tensors: dict[str, torch.Tensor], directory: Path, max_shard_bytes: int) -> None:
+class SafetensorsWriter:
     """model.safetensors, or shards of at most max_shard_bytes (a tensor is never split) and
-    model.safetensors.index.json, as transformers writes them."""
-    from safetensors.torch import save_file
+    model.safetensors.index.json, as transformers writes them. Each tensor goes to disk as it is
+    added: memory holds what the caller holds, not a shard."""
 
-    from pretrain.io import write_json
+    def __init__(self, directory: Path, max_shard_bytes: int):
+        self.directory, self.max_shard_bytes = directory, max_shard_bytes
+        self.current: StreamingSafetensors | None = None
+        self.written: list[list[str]] = []  # each file's tensor names, in order
+        self.total = 0
 
-    shards, size = [{}], 0
-    for name, tensor in tensors.items():
+    def add(self, name: str, tensor: torch.Tensor) -> None:
         nbytes = tensor.numel() * tensor.element_size()
-        if shards[-1] and size + nbytes > max_shard_bytes:
-            shards.append({})
-            size = 0
-        shards[-1][name] = tensor
-        size += nbytes
-    if len(shards) == 1:
-        save_file(tensors, directory / "model.safetensors", metadata={"format": "pt"})
-        return
-    weight_map = {}
-    for index, shard in enumerate(shards, 1):
-        filename = f"model-{index:05d}-of-{len(shards):05d}.safetensors"
-        save_file(shard, directory / filename, metadata={"format": "pt"})
-        weight_map.update(dict.fromkeys(shard, filename))
-    total = sum(t.numel() * t.element_size() for t in tensors.values())
-    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-    write_json(directory / "model.safetensors.index.json", index)
+        if self.current is not None and self.current.size and self.current.size + nbytes > self.max_shard_bytes:
+            self._finish_file()
+        if self.current is None:
+            self.current = StreamingSafetensors(self._part(len(self.written)), {"format": "pt"})
+            self.written.append([])
+        self.current.add(name, tensor)
+        self.written[-1].append(name)
+        self.total += nbytes
+
+    def _finish_file(self) -> None:
+        self.current.close()
+        self.current = None
+
+    def _part(self, index: int) -> Path:
+        return self.directory / f"part-{index:05d}.safetensors"  # renamed once the count is known
+
+    def close(self) -> None:
+        from pretrain.io import write_json
+
+        if self.current is None and not self.written:
+            self.current = StreamingSafetensors(self._part(0), {"format": "pt"})
+            self.written.append([])
+        if self.current is not None:
+            self._finish_file()
+        if len(self.written) == 1:
+            self._part(0).rename(self.directory / "model.safetensors")
+            return
+        weight_map = {}
+        for index, names in enumerate(self.written):
+            filename = f"model-{index + 1:05d}-of-{len(self.written):05d}.safetensors"
+            self._part(index).rename(self.directory / filename)
+            weight_map.update(dict.fromkeys(names, filename))
+        index = {"metadata": {"total_size": self.total}, "weight_map": weight_map}
+        write_json(self.directory / "model.safetensors.index.json", index)
+
+
+def conversion_units(names) -> list[list[str]]:
+    """Our weight names grouped as export converts them: each decoder layer's together, the rest alone."""
+    units, layers = [], {}
+    for name in names:
+        match = _LAYER.fullmatch(name)
+        if match is None:
+            units.append([name])
+        elif match.group(1) in layers:
+            layers[match.group(1)].append(name)
+        else:
+            layers[match.group(1)] = [name]
+            units.append(layers[match.group(1)])
+    return units
 
 
 def model_config(fields: dict) -> ModelConfig:
