@@ -58,18 +58,31 @@ class ShardedSamples:
             raise ConfigError(KEY, f"shard {self.paths[shard]} is truncated")
         return data.view("<i4")
 
-    def gather(self, indices: list[int]) -> np.ndarray:
+    def gather(self, indices, out: np.ndarray | None = None) -> np.ndarray:
         """Samples [len(indices), sample_length] copied out of the shards' maps in one array.
 
         Every sample of a shard is a tar member of the same size, so the samples lie at a fixed
-        stride and a shard reads as a strided [samples, sample_length] view of its map.
+        stride and a shard reads as a strided [samples, sample_length] view of its map: each shard's
+        rows are copied by one fancy index. `out` (any integer dtype, e.g. int64) receives them.
         """
-        out = np.empty((len(indices), self.sample_length), dtype="<i4")
-        for row, index in enumerate(indices):
-            if not 0 <= index < self._size:
-                raise IndexError(f"sample {index} out of range for {self._size} {self.split} samples")
-            shard = bisect.bisect_right(self._start_list, index) - 1
-            out[row] = self._rows(shard)[index - self._start_list[shard]]
+        indices = np.asarray(indices, dtype=np.int64)
+        if out is None:
+            out = np.empty((len(indices), self.sample_length), dtype="<i4")
+        if len(indices) == 0:
+            return out
+        low, high = int(indices.min()), int(indices.max())
+        if low < 0 or high >= self._size:
+            bad = low if low < 0 else high
+            raise IndexError(f"sample {bad} out of range for {self._size} {self.split} samples")
+        first, last = (bisect.bisect_right(self._start_list, i) - 1 for i in (low, high))
+        if first == last:  # the common case with few, large shards: no grouping
+            out[:] = self._rows(first)[indices - self._start_list[first]]
+            return out
+        shards = np.searchsorted(self.starts, indices, side="right") - 1
+        for shard in range(first, last + 1):
+            rows = np.flatnonzero(shards == shard)
+            if len(rows):
+                out[rows] = self._rows(shard)[indices[rows] - self._start_list[shard]]
         return out
 
     def _rows(self, shard: int) -> np.ndarray:
@@ -124,8 +137,11 @@ def _index_shard(path: Path, sample_length: int, expected: int, first_key: str) 
     """Byte offsets of each sample's int32 data inside one .tar shard, in sample order."""
     if not path.is_file():
         raise ConfigError(KEY, f"shard {path} is missing")
-    with tarfile.open(path) as tar:
-        members = [m for m in tar.getmembers() if m.name.endswith(".tokens.npy")]
+    try:
+        with tarfile.open(path) as tar:
+            members = [m for m in tar.getmembers() if m.name.endswith(".tokens.npy")]
+    except tarfile.TarError as error:  # cut short by a failed copy, or not a tar at all
+        raise ConfigError(KEY, f"shard {path} is not a whole tar file ({error})") from None
     if len(members) != expected or (members and members[0].name != f"{first_key}.tokens.npy"):
         raise ConfigError(KEY, f"shard {path} does not hold the {expected} samples manifest.json lists")
     header = _npy_header_length(path, members[0], sample_length) if members else 0
@@ -169,6 +185,19 @@ def global_sample_id(index: int, num_samples: int, seed: int) -> int:
     return int(_cached_order(num_samples, seed, epoch)[position])
 
 
+def global_sample_ids(indices: np.ndarray, num_samples: int, seed: int) -> np.ndarray:
+    """global_sample_id of each of ascending `indices`, as one int64 array."""
+    first, last = int(indices[0]) // num_samples, int(indices[-1]) // num_samples
+    if first == last:
+        return _cached_order(num_samples, seed, first)[indices - first * num_samples]
+    ids = np.empty(len(indices), dtype=np.int64)
+    # A batch straddles an epoch boundary (or, with a tiny split, several): each part reads its epoch.
+    bounds = np.searchsorted(indices, np.arange(first + 1, last + 1) * num_samples).tolist()
+    for epoch, begin, end in zip(range(first, last + 1), [0, *bounds], [*bounds, len(indices)]):
+        ids[begin:end] = _cached_order(num_samples, seed, epoch)[indices[begin:end] - epoch * num_samples]
+    return ids
+
+
 class TrainBatches:
     """One dp rank's share of each global batch, as micro-batches; resumes from consumed_samples.
 
@@ -184,6 +213,7 @@ class TrainBatches:
         dp_rank: int,
         dp_size: int,
         consumed_samples: int = 0,
+        pin_memory: bool = False,
     ):
         _check_batch_layout(micro_batch_size, global_batch_size, dp_rank, dp_size)
         if len(samples) == 0:
@@ -195,20 +225,28 @@ class TrainBatches:
         self.dp_rank = dp_rank
         self.dp_size = dp_size
         self.consumed_samples = consumed_samples
+        self.pin_memory = pin_memory
+        """Put batches in page-locked memory, so that copies to the GPU can run asynchronously."""
 
     def next_global_batch(self) -> list[dict]:
         """This rank's micro-batches of the global batch at consumed_samples; then advance it."""
-        start = self.consumed_samples
-        indices = range(start + self.dp_rank, start + self.global_batch_size, self.dp_size)
+        batch = self.global_batch(self.consumed_samples)
         self.consumed_samples += self.global_batch_size
-        return _micro_batches(self.samples, self._sample_ids(indices), self.micro_batch_size)
+        return batch
 
-    def _sample_ids(self, indices: range) -> list[int]:
+    def global_batch(self, start: int) -> list[dict]:
+        """This rank's micro-batches of the global batch beginning at global index `start`.
+
+        A pure function of `start` (no state changes), so a background thread may prepare one.
+        """
+        indices = np.arange(start + self.dp_rank, start + self.global_batch_size, self.dp_size)
+        return _micro_batches(self.samples, self._sample_ids(indices), self.micro_batch_size, self.pin_memory)
+
+    def _sample_ids(self, indices: np.ndarray) -> np.ndarray:
         # A Mixture (pretrain.data.mixture) maps indices itself, with the seed it was built with.
-        if hasattr(self.samples, "sample_id"):
-            return [self.samples.sample_id(i) for i in indices]
-        num_samples = len(self.samples)
-        return [global_sample_id(i, num_samples, self.seed) for i in indices]
+        if hasattr(self.samples, "sample_ids"):
+            return self.samples.sample_ids(indices)
+        return global_sample_ids(indices, len(self.samples), self.seed)
 
     def __iter__(self):
         return self
@@ -223,6 +261,9 @@ class TrainBatches:
     def load_state_dict(self, state: dict) -> None:
         """Resume at state["consumed_samples"]."""
         self.consumed_samples = int(state["consumed_samples"])
+
+    def close(self) -> None:
+        """Nothing runs in the background here (see PrefetchBatches)."""
 
 
 def _check_batch_layout(micro_batch_size: int, global_batch_size: int, dp_rank: int, dp_size: int):
@@ -248,15 +289,15 @@ def valid_batches(samples: ShardedSamples, num_samples: int, micro_batch_size: i
         message = f"the {samples.split} split of {samples.dir} has no samples"
         raise ConfigError("data.shard.valid_fraction", message)
     _check_batch_layout(micro_batch_size, micro_batch_size * dp_size, dp_rank, dp_size)
-    ids = list(range(dp_rank, min(num_samples, len(samples)), dp_size))
+    ids = np.arange(dp_rank, min(num_samples, len(samples)), dp_size)
     return _micro_batches(samples, ids, micro_batch_size)
 
 
-def _micro_batches(samples: ShardedSamples, ids: list[int], micro_batch_size: int) -> list[dict]:
-    starts = range(0, len(ids), micro_batch_size)
-    return [_micro_batch(samples, ids[k : k + micro_batch_size]) for k in starts]
-
-
-def _micro_batch(samples: ShardedSamples, ids: list[int]) -> dict:
-    tokens = samples.gather(ids) if hasattr(samples, "gather") else np.stack([samples[i] for i in ids])
-    return {"tokens": torch.from_numpy(tokens).long(), "sample_ids": torch.from_numpy(np.array(ids, dtype=np.int64))}
+def _micro_batches(samples: ShardedSamples, ids: np.ndarray, micro_batch_size: int,
+                   pin_memory: bool = False) -> list[dict]:
+    """All of `ids` read at once into one int64 tensor (as the step takes them), split into micro-batches."""
+    tokens = torch.empty((len(ids), samples.sample_length), dtype=torch.long, pin_memory=pin_memory)
+    samples.gather(ids, out=tokens.numpy())  # int32 rows widened to int64 while they are copied
+    sample_ids = torch.from_numpy(np.asarray(ids, dtype=np.int64))
+    return [{"tokens": t, "sample_ids": s}
+            for t, s in zip(tokens.split(micro_batch_size), sample_ids.split(micro_batch_size))]
