@@ -6,7 +6,6 @@ and data-parallel rank r of dp takes indices r, r + dp, ... of each global batch
 resumed run, even on another dp size, reads exactly the samples an uninterrupted one would.
 """
 
-import bisect
 import collections
 import functools
 import operator
@@ -22,6 +21,9 @@ from pretrain.errors import ConfigError
 # Shards mapped at once per ShardedSamples (memory maps: reads share no file position, and a
 # sample is a view of the page cache until a batch copies it).
 MAX_OPEN_SHARDS = 64
+# gather() copies a shard's rows with one fancy index when it reads at least this many rows per
+# shard on average, and row by row otherwise (numpy's fixed cost per fancy index is ~5 row copies).
+ROWS_PER_FANCY_INDEX = 8
 
 
 class ShardedSamples:
@@ -36,7 +38,7 @@ class ShardedSamples:
         shards = self.manifest["splits"][split]["shards"]
         self.paths = [self.dir / shard["path"] for shard in shards]
         self.starts = np.cumsum([0] + [shard["samples"] for shard in shards])
-        self._start_list, self._size = self.starts.tolist(), int(self.starts[-1])  # Python ints: quick per sample
+        self._size = int(self.starts[-1])
         self.sample_length = self.manifest["sequence_length"] + 1
         # Offsets are found per shard on first use: constructing costs no shard reads.
         self._offsets: list[np.ndarray | None] = [None] * len(shards)
@@ -62,28 +64,41 @@ class ShardedSamples:
         """Samples [len(indices), sample_length] copied out of the shards' maps in one array.
 
         Every sample of a shard is a tar member of the same size, so the samples lie at a fixed
-        stride and a shard reads as a strided [samples, sample_length] view of its map: each shard's
-        rows are copied by one fancy index. `out` (any integer dtype, e.g. int64) receives them.
+        stride and a shard reads as a strided [samples, sample_length] view of its map. `out`
+        (any integer dtype, e.g. int64: rows are widened as they are copied) receives them.
         """
         indices = np.asarray(indices, dtype=np.int64)
         if out is None:
             out = np.empty((len(indices), self.sample_length), dtype="<i4")
-        if len(indices) == 0:
-            return out
-        low, high = int(indices.min()), int(indices.max())
-        if low < 0 or high >= self._size:
-            bad = low if low < 0 else high
-            raise IndexError(f"sample {bad} out of range for {self._size} {self.split} samples")
-        first, last = (bisect.bisect_right(self._start_list, i) - 1 for i in (low, high))
-        if first == last:  # the common case with few, large shards: no grouping
-            out[:] = self._rows(first)[indices - self._start_list[first]]
-            return out
-        shards = np.searchsorted(self.starts, indices, side="right") - 1
-        for shard in range(first, last + 1):
-            rows = np.flatnonzero(shards == shard)
-            if len(rows):
-                out[rows] = self._rows(shard)[indices[rows] - self._start_list[shard]]
+        shards = np.searchsorted(self.starts, indices, side="right") - 1  # -1 or len(paths): out of range
+        rows = indices - self.starts[shards]
+        if len(indices) >= ROWS_PER_FANCY_INDEX * len(self.paths):
+            self._copy_per_shard(indices, shards, rows, out)
+        else:  # about a shard per sample: a fancy index would cost more than the row it copies
+            self._copy_per_row(indices, shards.tolist(), rows.tolist(), out)
         return out
+
+    def _copy_per_shard(self, indices: np.ndarray, shards: np.ndarray, rows: np.ndarray, out: np.ndarray) -> None:
+        if len(indices) == 0:
+            return
+        first, last = int(shards.min()), int(shards.max())
+        self._check_range(indices, first, last)
+        for shard in range(first, last + 1):  # one fancy index per shard; out keeps the order of indices
+            where = shards == shard
+            out[where] = self._rows(shard)[rows[where]]
+
+    def _copy_per_row(self, indices: np.ndarray, shards: list[int], rows: list[int], out: np.ndarray) -> None:
+        if shards:
+            self._check_range(indices, min(shards), max(shards))
+        views = self._row_views
+        for position, (shard, row) in enumerate(zip(shards, rows)):
+            view = views.get(shard)
+            out[position] = (self._rows(shard) if view is None else view)[row]
+
+    def _check_range(self, indices: np.ndarray, first_shard: int, last_shard: int) -> None:
+        if first_shard < 0 or last_shard >= len(self.paths):
+            bad = indices[(indices < 0) | (indices >= self._size)][0]
+            raise IndexError(f"sample {bad} out of range for {self._size} {self.split} samples")
 
     def _rows(self, shard: int) -> np.ndarray:
         if shard not in self._row_views:
@@ -296,8 +311,15 @@ def valid_batches(samples: ShardedSamples, num_samples: int, micro_batch_size: i
 def _micro_batches(samples: ShardedSamples, ids: np.ndarray, micro_batch_size: int,
                    pin_memory: bool = False) -> list[dict]:
     """All of `ids` read at once into one int64 tensor (as the step takes them), split into micro-batches."""
-    tokens = torch.empty((len(ids), samples.sample_length), dtype=torch.long, pin_memory=pin_memory)
-    samples.gather(ids, out=tokens.numpy())  # int32 rows widened to int64 while they are copied
+    shape = (len(ids), samples.sample_length)
+    # One int64 array, filled as the rows are copied: no int32 copy to convert afterwards.
+    if pin_memory:
+        tokens = torch.empty(shape, dtype=torch.long, pin_memory=True)
+        samples.gather(ids, out=tokens.numpy())
+    else:
+        tokens = torch.from_numpy(samples.gather(ids, out=np.empty(shape, dtype=np.int64)))
     sample_ids = torch.from_numpy(np.asarray(ids, dtype=np.int64))
-    return [{"tokens": t, "sample_ids": s}
-            for t, s in zip(tokens.split(micro_batch_size), sample_ids.split(micro_batch_size))]
+    if len(ids) <= micro_batch_size:
+        return [{"tokens": tokens, "sample_ids": sample_ids}]
+    return [{"tokens": tokens[k : k + micro_batch_size], "sample_ids": sample_ids[k : k + micro_batch_size]}
+            for k in range(0, len(ids), micro_batch_size)]

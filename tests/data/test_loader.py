@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from pretrain.data.loader import (
+    ROWS_PER_FANCY_INDEX,
     ShardedSamples,
     TrainBatches,
     global_sample_id,
@@ -75,17 +76,19 @@ def test_gather_is_the_per_sample_reads_across_shards(train):
     assert len(train.paths) >= 3
     rng = np.random.default_rng(1)
     last_of_first = int(train.starts[1]) - 1
+    many = ROWS_PER_FANCY_INDEX * len(train.paths)  # enough rows per shard for one fancy index each
     for indices in ([last_of_first, last_of_first + 1, 0, len(train) - 1, 0],  # both sides of a boundary
-                    rng.integers(0, len(train), size=50),
-                    rng.integers(int(train.starts[1]), int(train.starts[2]), size=7),  # one shard
+                    rng.integers(0, len(train), size=many),
+                    rng.integers(int(train.starts[1]), int(train.starts[2]), size=many),  # one shard
+                    rng.integers(int(train.starts[1]), int(train.starts[2]), size=3),
                     []):
         expected = np.array([train[int(i)] for i in indices], dtype="<i4").reshape(-1, train.sample_length)
         np.testing.assert_array_equal(train.gather(indices), expected)
         widened = np.zeros((len(indices), train.sample_length), dtype=np.int64)
         assert train.gather(indices, out=widened) is widened
         np.testing.assert_array_equal(widened, expected)
-    for bad in ([0, len(train)], [-1, 3]):
-        with pytest.raises(IndexError, match=f"sample {bad[0] if bad[0] < 0 else bad[1]} out of range"):
+    for bad in ([0, len(train)], [-1, 3], [*range(many), len(train) + 5]):
+        with pytest.raises(IndexError, match=f"sample {bad[0] if bad[0] < 0 else bad[-1]} out of range"):
             train.gather(bad)
 
 
