@@ -6,11 +6,13 @@ and data-parallel rank r of dp takes indices r, r + dp, ... of each global batch
 resumed run, even on another dp size, reads exactly the samples an uninterrupted one would.
 """
 
+import bisect
 import collections
 import functools
 import operator
 import tarfile
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -21,9 +23,21 @@ from pretrain.errors import ConfigError
 # Shards mapped at once per ShardedSamples (memory maps: reads share no file position, and a
 # sample is a view of the page cache until a batch copies it).
 MAX_OPEN_SHARDS = 64
-# gather() copies a shard's rows with one fancy index when it reads at least this many rows per
-# shard on average, and row by row otherwise (numpy's fixed cost per fancy index is ~5 row copies).
+# gather() copies each shard's rows with one fancy index when it reads at least this many rows per
+# shard on average, and joins the rows' bytes otherwise (numpy's fixed cost per fancy index is
+# about that of 5 row copies).
 ROWS_PER_FANCY_INDEX = 8
+
+
+class _ShardLayout(NamedTuple):
+    """How a shard's samples lie in memory: every one at a fixed stride after the first."""
+
+    rows: np.ndarray
+    """[samples, sample_length] int32, a strided view of the shard's map."""
+    data: memoryview
+    """The same bytes, from the first sample's data on."""
+    stride: int
+    """Bytes from one sample's data to the next."""
 
 
 class ShardedSamples:
@@ -38,12 +52,12 @@ class ShardedSamples:
         shards = self.manifest["splits"][split]["shards"]
         self.paths = [self.dir / shard["path"] for shard in shards]
         self.starts = np.cumsum([0] + [shard["samples"] for shard in shards])
-        self._size = int(self.starts[-1])
+        self._start_list, self._size = self.starts.tolist(), int(self.starts[-1])  # Python ints: quick per sample
         self.sample_length = self.manifest["sequence_length"] + 1
         # Offsets are found per shard on first use: constructing costs no shard reads.
         self._offsets: list[np.ndarray | None] = [None] * len(shards)
         self._maps: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
-        self._row_views: dict[int, np.ndarray] = {}
+        self._layouts: dict[int, _ShardLayout] = {}
 
     def __len__(self) -> int:
         return int(self.starts[-1])
@@ -51,8 +65,8 @@ class ShardedSamples:
     def __getitem__(self, index) -> np.ndarray:
         """Sample `index` as a read-only int32 view of its shard (copy it to keep it past close)."""
         index = operator.index(index)
-        if not 0 <= index < len(self):
-            raise IndexError(f"sample {index} out of range for {len(self)} {self.split} samples")
+        if not 0 <= index < self._size:
+            raise self._out_of_range(index)
         shard = int(np.searchsorted(self.starts, index, side="right")) - 1
         offset = int(self._shard_offsets(shard)[index - self.starts[shard]])
         data = self._map(shard)[offset : offset + 4 * self.sample_length]
@@ -67,56 +81,62 @@ class ShardedSamples:
         stride and a shard reads as a strided [samples, sample_length] view of its map. `out`
         (any integer dtype, e.g. int64: rows are widened as they are copied) receives them.
         """
+        if len(indices) < ROWS_PER_FANCY_INDEX * len(self.paths):  # about a shard per sample
+            rows = self._join_rows(indices.tolist() if isinstance(indices, np.ndarray) else list(indices))
+            if out is None:
+                return rows
+            out[:] = rows
+            return out
         indices = np.asarray(indices, dtype=np.int64)
         if out is None:
             out = np.empty((len(indices), self.sample_length), dtype="<i4")
         shards = np.searchsorted(self.starts, indices, side="right") - 1  # -1 or len(paths): out of range
-        rows = indices - self.starts[shards]
-        if len(indices) >= ROWS_PER_FANCY_INDEX * len(self.paths):
-            self._copy_per_shard(indices, shards, rows, out)
-        else:  # about a shard per sample: a fancy index would cost more than the row it copies
-            self._copy_per_row(indices, shards.tolist(), rows.tolist(), out)
-        return out
-
-    def _copy_per_shard(self, indices: np.ndarray, shards: np.ndarray, rows: np.ndarray, out: np.ndarray) -> None:
-        if len(indices) == 0:
-            return
         first, last = int(shards.min()), int(shards.max())
-        self._check_range(indices, first, last)
+        if first < 0 or last >= len(self.paths):
+            raise self._out_of_range(int(indices[(indices < 0) | (indices >= self._size)][0]))
+        rows = indices - self.starts[shards]
         for shard in range(first, last + 1):  # one fancy index per shard; out keeps the order of indices
             where = shards == shard
-            out[where] = self._rows(shard)[rows[where]]
+            out[where] = self._layout(shard).rows[rows[where]]
+        return out
 
-    def _copy_per_row(self, indices: np.ndarray, shards: list[int], rows: list[int], out: np.ndarray) -> None:
-        if shards:
-            self._check_range(indices, min(shards), max(shards))
-        views = self._row_views
-        for position, (shard, row) in enumerate(zip(shards, rows)):
-            view = views.get(shard)
-            out[position] = (self._rows(shard) if view is None else view)[row]
+    def _join_rows(self, indices: list[int]) -> np.ndarray:
+        # Slicing a memoryview copies nothing, and one join copies every row: per row this costs
+        # less than numpy's fixed cost per fancy index.
+        row_bytes, starts, layouts, parts = 4 * self.sample_length, self._start_list, self._layouts, []
+        for index in indices:
+            if not 0 <= index < self._size:
+                raise self._out_of_range(index)
+            shard = bisect.bisect_right(starts, index) - 1
+            layout = layouts.get(shard) or self._layout(shard)
+            start = (index - starts[shard]) * layout.stride
+            parts.append(layout.data[start : start + row_bytes])
+        return np.frombuffer(bytearray().join(parts), dtype="<i4").reshape(len(parts), self.sample_length)
 
-    def _check_range(self, indices: np.ndarray, first_shard: int, last_shard: int) -> None:
-        if first_shard < 0 or last_shard >= len(self.paths):
-            bad = indices[(indices < 0) | (indices >= self._size)][0]
-            raise IndexError(f"sample {bad} out of range for {self._size} {self.split} samples")
+    def _out_of_range(self, index: int) -> IndexError:
+        return IndexError(f"sample {index} out of range for {self._size} {self.split} samples")
 
-    def _rows(self, shard: int) -> np.ndarray:
-        if shard not in self._row_views:
-            self._row_views[shard] = self._strided_rows(shard)
-        return self._row_views[shard]
+    def _layout(self, shard: int) -> "_ShardLayout":
+        if shard not in self._layouts:
+            data, stride = self._shard_bytes(shard)
+            rows = np.lib.stride_tricks.as_strided(data.view("<i4"), shape=(len(self._shard_offsets(shard)),
+                                                   self.sample_length), strides=(stride, 4), writeable=False)
+            self._layouts[shard] = _ShardLayout(rows, memoryview(data), stride)
+        return self._layouts[shard]
 
-    def _strided_rows(self, shard: int) -> np.ndarray:
+    def _shard_bytes(self, shard: int) -> tuple[np.ndarray, int]:
+        """The shard's bytes from its first sample's data on, and the stride of its samples."""
         offsets = self._shard_offsets(shard)
         strides = np.diff(offsets)
         if len(strides) and (strides != strides[0]).any():  # not written by `pretrain data shard`
-            return np.stack([self[int(self.starts[shard]) + k] for k in range(len(offsets))])
+            rows = np.stack([self[int(self.starts[shard]) + k] for k in range(len(offsets))])
+            return rows.reshape(-1).view(np.uint8), 4 * self.sample_length
         stride = int(strides[0]) if len(strides) else 4 * self.sample_length
         size = stride * (len(offsets) - 1) + 4 * self.sample_length
         data = self._map(shard)[offsets[0] : offsets[0] + size]
         if len(data) < size:
             raise ConfigError(KEY, f"shard {self.paths[shard]} is truncated")
-        return np.lib.stride_tricks.as_strided(data.view("<i4"), shape=(len(offsets), self.sample_length),
-                                               strides=(stride, 4), writeable=False)
+        return data, stride
 
     def _shard_offsets(self, shard: int) -> np.ndarray:
         if self._offsets[shard] is None:
@@ -132,19 +152,19 @@ class ShardedSamples:
             return self._maps[shard]
         if len(self._maps) >= MAX_OPEN_SHARDS:
             evicted, _ = self._maps.popitem(last=False)  # unmapped once no sample view refers to it
-            self._row_views.pop(evicted, None)
+            self._layouts.pop(evicted, None)
         self._maps[shard] = np.memmap(self.paths[shard], dtype=np.uint8, mode="r")
         return self._maps[shard]
 
     def close(self) -> None:
         """Drop the shard maps (reads map them again)."""
         self._maps.clear()
-        self._row_views.clear()
+        self._layouts.clear()
 
     def __getstate__(self):
         # Memory maps do not travel to another process; offsets do.
         state = self.__dict__.copy()
-        state["_maps"], state["_row_views"] = collections.OrderedDict(), {}
+        state["_maps"], state["_layouts"] = collections.OrderedDict(), {}
         return state
 
 
