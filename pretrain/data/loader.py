@@ -78,8 +78,10 @@ class ShardedSamples:
         """Samples [len(indices), sample_length] copied out of the shards' maps in one array.
 
         Every sample of a shard is a tar member of the same size, so the samples lie at a fixed
-        stride and a shard reads as a strided [samples, sample_length] view of its map. `out`
-        (any integer dtype, e.g. int64: rows are widened as they are copied) receives them.
+        stride and a shard reads as a strided [samples, sample_length] view of its map: one fancy
+        index per shard copies its rows when there are many per shard, else each row is a slice of
+        the map and one join copies them all. `out` (any integer dtype, e.g. int64: rows are
+        widened as they land) receives them, in the order of `indices`.
         """
         if len(indices) < ROWS_PER_FANCY_INDEX * len(self.paths):  # about a shard per sample
             rows = self._join_rows(indices.tolist() if isinstance(indices, np.ndarray) else list(indices))
@@ -116,7 +118,7 @@ class ShardedSamples:
     def _out_of_range(self, index: int) -> IndexError:
         return IndexError(f"sample {index} out of range for {self._size} {self.split} samples")
 
-    def _layout(self, shard: int) -> "_ShardLayout":
+    def _layout(self, shard: int) -> _ShardLayout:
         if shard not in self._layouts:
             data, stride = self._shard_bytes(shard)
             rows = np.lib.stride_tricks.as_strided(data.view("<i4"), shape=(len(self._shard_offsets(shard)),
