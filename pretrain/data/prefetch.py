@@ -10,6 +10,8 @@ import collections
 import queue
 import threading
 
+import torch
+
 from pretrain.data.loader import TrainBatches
 
 
@@ -25,6 +27,8 @@ class PrefetchBatches:
         self._results: queue.SimpleQueue = queue.SimpleQueue()
         self._pending: collections.deque[int] = collections.deque()  # positions asked for, oldest first
         self._closed = False
+        # The thread's CUDA calls (page-locked allocations) must use this rank's GPU, not GPU 0.
+        self._device = torch.cuda.current_device() if batches.pin_memory else None
         # A daemon: a run that ends without close() (a crash) does not wait for it.
         self._thread = threading.Thread(target=self._prepare, name="batch-prefetch", daemon=True)
         self._thread.start()
@@ -32,9 +36,14 @@ class PrefetchBatches:
     def _prepare(self) -> None:
         while (start := self._requests.get()) is not None:
             try:
-                self._results.put((self.batches.global_batch(start), None))
+                self._results.put((self._read(start), None))
             except BaseException as error:  # raised in the trainer by the call that wants this batch
                 self._results.put((None, error))
+
+    def _read(self, start: int) -> list[dict]:
+        if self._device is not None:
+            torch.cuda.set_device(self._device)  # nothing to do after the first time
+        return self.batches.global_batch(start)
 
     @property
     def consumed_samples(self) -> int:
