@@ -265,6 +265,12 @@ class DataConfig:
     """Datasets to train on with weights; empty: the one dataset under root. Validation uses root's."""
     seed: int = 1234
     """Seed of the sample order; the order is a pure function of (seed, mixture, manifests)."""
+    prefetch_batches: int = 1
+    """Global batches a background thread reads ahead while the step runs (into page-locked memory
+    on a GPU); 0: each is read when the step asks for it. Either way the same samples, in order."""
+
+    def __post_init__(self):
+        check_positive("data.prefetch_batches", self.prefetch_batches, allow_zero=True)
 
     @property
     def cleaned_dir(self) -> str:

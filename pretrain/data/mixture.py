@@ -17,6 +17,7 @@ from pretrain.errors import ConfigError
 BLOCK = 4096
 # Sample ids of a mixture pack (dataset, sample) into one int64 for logs: dataset << ID_SHIFT | sample.
 ID_SHIFT = 40
+SAMPLE_MASK = (1 << ID_SHIFT) - 1
 
 
 def shares(weights: list[float], block: int = BLOCK) -> np.ndarray:
@@ -41,6 +42,7 @@ class Mixture:
             raise ConfigError("data.mixture.weight", f"a weight below 1/{BLOCK} of the total draws nothing")
         self.split = "train"
         self.dir = datasets[0].dir
+        self.sample_length = datasets[0].sample_length
 
     def __len__(self) -> int:
         return sum(len(d) for d in self.datasets)
@@ -60,8 +62,24 @@ class Mixture:
         dataset, sample = self.locate(index)
         return dataset << ID_SHIFT | sample
 
+    def sample_ids(self, indices: np.ndarray) -> np.ndarray:
+        """sample_id of each index, as one int64 array."""
+        return np.array([self.sample_id(index) for index in indices.tolist()], dtype=np.int64)
+
     def __getitem__(self, sample_id: int) -> np.ndarray:
-        return self.datasets[sample_id >> ID_SHIFT][sample_id & ((1 << ID_SHIFT) - 1)]
+        return self.datasets[sample_id >> ID_SHIFT][sample_id & SAMPLE_MASK]
+
+    def gather(self, sample_ids, out: np.ndarray | None = None) -> np.ndarray:
+        """The samples of packed `sample_ids` in one array, as ShardedSamples.gather: one gather per dataset."""
+        sample_ids = np.asarray(sample_ids, dtype=np.int64)
+        if out is None:
+            out = np.empty((len(sample_ids), self.sample_length), dtype="<i4")
+        datasets = sample_ids >> ID_SHIFT
+        for dataset, samples in enumerate(self.datasets):
+            rows = np.flatnonzero(datasets == dataset)
+            if len(rows):
+                out[rows] = samples.gather(sample_ids[rows] & SAMPLE_MASK)
+        return out
 
 
 @functools.lru_cache(maxsize=4)

@@ -10,6 +10,7 @@ from pretrain.checkpoint import store
 from pretrain.checkpoint.elastic import universal_checkpoint_info
 from pretrain.config import Config
 from pretrain.data.loader import ShardedSamples, TrainBatches, valid_batches
+from pretrain.data.prefetch import PrefetchBatches
 from pretrain.io import write_atomic
 from pretrain.model.documents import ModelInputs
 from pretrain.model.gpt import build_model, flops_per_token, padded_vocab_size
@@ -78,15 +79,19 @@ def build_trainer(cfg: Config, config_dict: dict, layout: ParallelLayout, tokeni
     return trainer
 
 
-def train_batches(cfg: Config, layout: ParallelLayout) -> TrainBatches:
+def train_batches(cfg: Config, layout: ParallelLayout) -> TrainBatches | PrefetchBatches:
     samples = ShardedSamples(cfg.data.dataset_dir, "train")
     if cfg.data.mixture:
         from pretrain.data.mixture import Mixture
 
         datasets = [ShardedSamples(part.dataset_dir, "train") for part in cfg.data.mixture]
         samples = Mixture(datasets, [part.weight for part in cfg.data.mixture], cfg.data.seed)
-    return TrainBatches(samples, cfg.data.seed, cfg.train.micro_batch_size, cfg.train.global_batch_size,
-                        layout.data_parallel_rank, layout.data_parallel_size)
+    prefetch = cfg.data.prefetch_batches
+    # Page-locked only when prefetched: pinning in the step's own time would cost more than it saves.
+    batches = TrainBatches(samples, cfg.data.seed, cfg.train.micro_batch_size, cfg.train.global_batch_size,
+                           layout.data_parallel_rank, layout.data_parallel_size,
+                           pin_memory=bool(prefetch) and torch.cuda.is_available())
+    return PrefetchBatches(batches, prefetch) if prefetch else batches
 
 
 def build_callbacks(cfg: Config, config_dict, layout: ParallelLayout, tokenizer: Tokenizer) -> list:

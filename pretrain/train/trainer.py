@@ -53,14 +53,17 @@ class Trainer:
         """Train until `train_steps` (or a callback's stop), from wherever the state says the run is."""
         for callback in self.callbacks:
             callback.on_train_start(self)
-        while self.step < self.train_steps and self.stop_code is None:
-            if self.rollback_reason is not None:
-                self._roll_back()
-                continue
-            metrics = self.train_step()
-            self.step += 1
-            for callback in self.callbacks:
-                callback.on_step_end(self, metrics)
+        try:
+            while self.step < self.train_steps and self.stop_code is None:
+                if self.rollback_reason is not None:
+                    self._roll_back()
+                    continue
+                metrics = self.train_step()
+                self.step += 1
+                for callback in self.callbacks:
+                    callback.on_step_end(self, metrics)
+        finally:
+            self.batches.close()  # the prefetch thread, if any
         for callback in self.callbacks:
             callback.on_train_end(self)
         # Leave together: the launcher stops the other workers as soon as one exits with a
@@ -125,7 +128,8 @@ class Trainer:
             last = index == len(micro_batches) - 1
             mark = time.perf_counter()
             kill_point("forward", self.step + 1)
-            loss = language_model_loss(self.engine, micro_batch["tokens"].to(self.device), self.model_inputs)
+            tokens = micro_batch["tokens"].to(self.device, non_blocking=True)  # async when pinned
+            loss = language_model_loss(self.engine, tokens, self.model_inputs)
             if self.step + 1 in self.inject_nonfinite_steps:
                 loss = loss * float("nan")  # once: a rolled-back run meets new data at this step
             loss = inject_spike(loss, self.step + 1)

@@ -50,6 +50,7 @@ def test_demo_reads_the_standard_library():
     (["model.num_query_groups=3"], "model.num_query_groups"),
     (["parallel.zero_stage=4"], "parallel.zero_stage"),
     (["train.micro_batch_size=3", "train.global_batch_size=16"], "train.global_batch_size"),
+    (["data.prefetch_batches=-1"], "data.prefetch_batches"),
 ])
 def test_bad_values_name_their_key(overrides, key):
     with pytest.raises(ConfigError) as error:

@@ -2,12 +2,22 @@
 
 import multiprocessing
 import pickle
+import shutil
+import tarfile
 
 import numpy as np
 import pytest
 import torch
 
-from pretrain.data.loader import ShardedSamples, TrainBatches, global_sample_id, sample_order, valid_batches
+from pretrain.data.loader import (
+    ROWS_PER_FANCY_INDEX,
+    ShardedSamples,
+    TrainBatches,
+    global_sample_id,
+    global_sample_ids,
+    sample_order,
+    valid_batches,
+)
 from pretrain.errors import ConfigError
 
 
@@ -54,6 +64,71 @@ def test_global_sample_id_wraps_into_the_next_epoch():
     assert sorted(epoch0) == sorted(epoch1) == list(range(10))
     assert epoch0 != epoch1
     assert epoch1 == sample_order(10, 3, 1).tolist()
+
+
+def test_global_sample_ids_are_the_per_index_ids():
+    for indices in (np.arange(3, 9), np.arange(5, 47, 3), np.arange(0, 100)):  # one epoch; several; ten
+        expected = [global_sample_id(int(i), 10, seed=3) for i in indices]
+        assert global_sample_ids(indices, 10, seed=3).tolist() == expected
+
+
+def test_gather_is_the_per_sample_reads_across_shards(train):
+    assert len(train.paths) >= 3
+    rng = np.random.default_rng(1)
+    last_of_first = int(train.starts[1]) - 1
+    many = ROWS_PER_FANCY_INDEX * len(train.paths)  # enough rows per shard for one fancy index each
+    for indices in ([last_of_first, last_of_first + 1, 0, len(train) - 1, 0],  # both sides of a boundary
+                    rng.integers(0, len(train), size=many),
+                    rng.integers(int(train.starts[1]), int(train.starts[2]), size=many),  # one shard
+                    rng.integers(int(train.starts[1]), int(train.starts[2]), size=3),
+                    []):
+        expected = np.array([train[int(i)] for i in indices], dtype="<i4").reshape(-1, train.sample_length)
+        np.testing.assert_array_equal(train.gather(indices), expected)
+        widened = np.zeros((len(indices), train.sample_length), dtype=np.int64)
+        assert train.gather(indices, out=widened) is widened
+        np.testing.assert_array_equal(widened, expected)
+    for bad in ([0, len(train)], [-1, 3], [*range(many), len(train) + 5]):
+        with pytest.raises(IndexError, match=f"sample {bad[0] if bad[0] < 0 else bad[-1]} out of range"):
+            train.gather(bad)
+
+
+def cut_last_sample(shard):
+    """Truncate a shard inside its last sample's data."""
+    with tarfile.open(shard) as tar:
+        cut = tar.getmembers()[-1].offset_data + 8
+    with open(shard, "r+b") as f:
+        f.truncate(cut)
+
+
+def test_truncated_shard_is_named(dataset_dir, tmp_path):
+    shutil.copytree(dataset_dir, tmp_path / "dataset")
+    samples = ShardedSamples(tmp_path / "dataset", "train")
+    in_first, in_second = int(samples.starts[1]) - 1, int(samples.starts[1])
+    samples.gather([in_first, in_second])  # shards indexed while whole
+    samples.close()
+    cut_last_sample(samples.paths[0])  # then cut under the reader
+    for read in (lambda: samples[in_first], lambda: samples.gather([in_second, in_first])):
+        with pytest.raises(ConfigError, match=f"shard {samples.paths[0]} is truncated"):
+            read()
+    samples.gather([in_second])  # the other shards still read
+    fresh = ShardedSamples(tmp_path / "dataset", "train")  # a reader that meets the cut shard when indexing
+    with pytest.raises(ConfigError, match=f"shard {samples.paths[0]} is not a whole tar file"):
+        fresh.gather([in_first])
+
+
+def test_batches_are_the_per_sample_reads_across_epochs(train):
+    # Three ranks' batches of 12, starting 5 samples before the end of the first epoch.
+    start = len(train) - 5
+    for rank in range(3):
+        batches = TrainBatches(train, 9, 2, 12, dp_rank=rank, dp_size=3, consumed_samples=start)
+        for step in range(2):
+            micro_batches = batches.next_global_batch()
+            indices = range(start + 12 * step + rank, start + 12 * (step + 1), 3)
+            assert flat_ids(micro_batches) == [global_sample_id(i, len(train), 9) for i in indices]
+            for micro_batch in micro_batches:
+                assert micro_batch["tokens"].dtype == torch.long and micro_batch["tokens"].shape == (2, 33)
+                expected = np.stack([train[i] for i in micro_batch["sample_ids"].tolist()])
+                np.testing.assert_array_equal(micro_batch["tokens"].numpy(), expected)
 
 
 def test_dp_ranks_split_each_global_batch(train):
