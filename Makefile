@@ -23,7 +23,7 @@ demo: $(STAMP)
 	$(VENV)/bin/pretrain demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 clean-demo:
 	rm -rf data/stdlib runs/demo

@@ -96,6 +96,18 @@ def test_expert_parallel_resume_is_exact(data_root, expert_parallel_run, tmp_pat
     assert "written with dp=2 tp=1 ep=2 zero=1 on dp=2 tp=1 zero=1" in other.stderr
 
 
+def test_expert_parallel_resume_is_exact_with_zero2_and_async_saves(data_root, tmp_path):
+    layout = [*MOE_RUN, "parallel.expert_parallel_size=2", "parallel.zero_stage=2", "train.checkpoint.async_save=true"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    run_train(data_root, straight, *layout)
+    run_train(data_root, resumed, *layout, "train.train_steps=3")
+    run_train(data_root, resumed, *layout)
+    assert losses(resumed) == losses(straight)
+    assert sample_ids(resumed) == sample_ids(straight)
+    written = {p.name for p in (resumed / "checkpoints" / "step_3").iterdir()}
+    assert {"experts_ep_00_mp_rank_00.pt", "experts_ep_01_mp_rank_00.pt"} <= written  # written in the background
+
+
 def test_expert_parallel_checkpoint_exports_as_mixtral(data_root, expert_parallel_run):
     """Every rank's experts reach the export: transformers' Mixtral gives our logits, and our model
     rebuilt from the export's checkpoint files gives the validation loss the run logged."""
