@@ -18,7 +18,8 @@ Layout facts (megatron-core's GPTModel, local layer spec):
   make_vocab_size_divisible_by × TP): dropped on export, zero rows on import.
 - A mixture-of-experts model exports as `MixtralForCausalLM` (same attention, norms and
   embeddings): megatron's `mlp.router.weight` [E, h] is Mixtral's `block_sparse_moe.gate`,
-  and expert j's `linear_fc1` [gate; up] / `linear_fc2` are its `w1`, `w3` / `w2`. Export only.
+  and expert j's `linear_fc1` [gate; up] / `linear_fc2` are its `w1`, `w3` / `w2`; on import
+  each expert-parallel rank keeps its own experts (global index j -> local j - rank x E/ep).
 """
 
 import json
@@ -163,9 +164,23 @@ def from_hf(hf: dict[str, torch.Tensor], cfg: ModelConfig, padded_vocab: int) ->
         h = q.shape[-1]
         qkv = torch.cat([q.view(groups, per_group, -1, h), k.view(groups, 1, -1, h), v.view(groups, 1, -1, h)], dim=1)
         weights[ours + QKV] = qkv.reshape(-1, h)
-        weights[ours + FC1] = torch.cat([hf[theirs + "mlp.gate_proj.weight"], hf[theirs + "mlp.up_proj.weight"]])
+        if cfg.moe.enabled:
+            weights.update(_moe_from_hf(hf, cfg, ours, theirs + "block_sparse_moe."))
+        else:
+            weights[ours + FC1] = torch.cat([hf[theirs + "mlp.gate_proj.weight"], hf[theirs + "mlp.up_proj.weight"]])
         for our_suffix, their_suffix in _SAME.items():
-            weights[ours + our_suffix] = hf[theirs + their_suffix]
+            if not (cfg.moe.enabled and our_suffix == "mlp.linear_fc2.weight"):
+                weights[ours + our_suffix] = hf[theirs + their_suffix]
+    return weights
+
+
+def _moe_from_hf(hf: dict[str, torch.Tensor], cfg: ModelConfig, ours: str, theirs: str) -> dict[str, torch.Tensor]:
+    """One Mixtral layer's router and experts under our names (experts by global index)."""
+    weights = {ours + ROUTER: hf[theirs + "gate.weight"]}
+    for j in range(cfg.moe.num_experts):
+        expert, name = f"{theirs}experts.{j}.", f"{ours}mlp.experts.local_experts.{j}."
+        weights[name + "linear_fc1.weight"] = torch.cat([hf[expert + "w1.weight"], hf[expert + "w3.weight"]])
+        weights[name + "linear_fc2.weight"] = hf[expert + "w2.weight"]
     return weights
 
 
@@ -232,6 +247,8 @@ def _hf_values(hf: dict, cfg: ModelConfig) -> dict:
         "vocab_size": hf.get("vocab_size"),
         "rope_theta": float(_rope_theta(hf) or 10000.0),
         "rms_norm_eps": float(hf.get("rms_norm_eps", 1e-6)),
+        "num_local_experts": hf.get("num_local_experts", 0),
+        "num_experts_per_tok": hf.get("num_experts_per_tok", 2),  # MixtralConfig's default
     }
 
 
@@ -242,21 +259,31 @@ def check_hf_config(hf: dict, cfg: ModelConfig, vocab_size: int, where: Path) ->
         "num_hidden_layers": (cfg.num_layers, "model.num_layers"),
         "num_attention_heads": (cfg.num_attention_heads, "model.num_attention_heads"),
         "num_key_value_heads": (cfg.num_query_groups, "model.num_query_groups"),
-        "intermediate_size": (cfg.ffn_hidden_size, "model.ffn_hidden_size"),
+        "intermediate_size": (cfg.moe.ffn_hidden_size or cfg.ffn_hidden_size, "model.moe.ffn_hidden_size")
+        if cfg.moe.enabled else (cfg.ffn_hidden_size, "model.ffn_hidden_size"),
         "head_dim": (cfg.hidden_size // cfg.num_attention_heads, "model.hidden_size / model.num_attention_heads"),
         "tie_word_embeddings": (not cfg.untie_embeddings_and_output_weights,
                                 "not model.untie_embeddings_and_output_weights"),
         "vocab_size": (vocab_size, "the tokenizer's vocabulary (or model.vocab_size)"),
         "rope_theta": (float(cfg.rotary_base), "model.rotary_base"),
         "rms_norm_eps": (float(cfg.norm_epsilon), "model.norm_epsilon"),
+        "num_local_experts": (cfg.moe.num_experts, "model.moe.num_experts"),
     }
+    if cfg.moe.enabled:
+        ours["num_experts_per_tok"] = (cfg.moe.router_topk, "model.moe.router_topk")
     for key, theirs in _hf_values(hf, cfg).items():
+        if key not in ours:
+            continue
         value, our_key = ours[key]
         if theirs != value:
             raise ConfigError(KEY, f"{where}: {key}={theirs} differs from {our_key}={value}")
-    if hf.get("model_type", "llama") != "llama" or hf.get("hidden_act", "silu") != "silu":
-        raise ConfigError(KEY, f"{where}: not a Llama model (model_type={hf.get('model_type')}, "
-                               f"hidden_act={hf.get('hidden_act')})")
+    model_type = "mixtral" if cfg.moe.enabled else "llama"
+    if hf.get("model_type", "llama") != model_type or hf.get("hidden_act", "silu") != "silu":
+        raise ConfigError(KEY, f"{where}: not a {model_type.capitalize()} model (model_type="
+                               f"{hf.get('model_type')}, hidden_act={hf.get('hidden_act')})")
+    if cfg.moe.enabled and hf.get("sliding_window"):
+        raise ConfigError(KEY, f"{where}: sliding_window={hf['sliding_window']}; this model attends to the whole "
+                               "sequence")
     for key in ("attention_bias", "mlp_bias"):
         if hf.get(key):
             raise ConfigError(KEY, f"{where}: {key}=true; this model has no biases")
@@ -468,9 +495,6 @@ def write_tokenizer(tokenizer, directory: Path, max_length: int) -> None:
 
 def check_init_from(cfg: ModelConfig, tokenizer_vocab_size: int) -> dict:
     """Check model.init_from's config against the model before any process starts; its config."""
-    if cfg.moe.enabled:
-        raise ConfigError(KEY, "starting a mixture-of-experts model from HF weights is not supported "
-                               "(export to Mixtral format is)")
     hf = read_hf_config(cfg.init_from)
     vocab_size = cfg.vocab_size or tokenizer_vocab_size
     check_hf_config(hf, cfg, vocab_size, Path(cfg.init_from) / "config.json")
@@ -495,7 +519,7 @@ def hf_tensor_shapes(directory: str | Path) -> dict[str, tuple]:
 
 
 def expected_hf_shapes(cfg: ModelConfig, vocab_size: int) -> dict[str, tuple]:
-    """The HF Llama tensor shapes of a model with this config."""
+    """The HF Llama (MoE: Mixtral) tensor shapes of a model with this config."""
     h, d = cfg.hidden_size, cfg.hidden_size // cfg.num_attention_heads
     layer = {"input_layernorm.weight": (h,), "post_attention_layernorm.weight": (h,),
              "self_attn.q_proj.weight": (cfg.num_attention_heads * d, h),
@@ -507,9 +531,35 @@ def expected_hf_shapes(cfg: ModelConfig, vocab_size: int) -> dict[str, tuple]:
     shapes = {"model.embed_tokens.weight": (vocab_size, h), "model.norm.weight": (h,)}
     if cfg.untie_embeddings_and_output_weights:
         shapes["lm_head.weight"] = (vocab_size, h)
+    if cfg.moe.enabled:
+        layer = {name: shape for name, shape in layer.items() if not name.startswith("mlp.")}
+        f = cfg.moe.ffn_hidden_size or cfg.ffn_hidden_size
+        layer["block_sparse_moe.gate.weight"] = (cfg.moe.num_experts, h)
+        for j in range(cfg.moe.num_experts):
+            layer.update({f"block_sparse_moe.experts.{j}.w1.weight": (f, h),
+                          f"block_sparse_moe.experts.{j}.w3.weight": (f, h),
+                          f"block_sparse_moe.experts.{j}.w2.weight": (h, f)})
     for i in range(cfg.num_layers):
         shapes.update({f"model.layers.{i}.{name}": shape for name, shape in layer.items()})
     return shapes
+
+
+def local_experts(weights: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """This expert-parallel rank's experts, renamed to their local index; the other weights as they are."""
+    if not cfg.moe.enabled:
+        return weights
+    from megatron.core import parallel_state as ps
+
+    per_rank = cfg.moe.num_experts // ps.get_expert_model_parallel_world_size()
+    first = ps.get_expert_model_parallel_rank() * per_rank
+    kept = {}
+    for name, tensor in weights.items():
+        expert = re.search(r"\.local_experts\.(\d+)\.", name)
+        if expert is None:
+            kept[name] = tensor
+        elif first <= int(expert.group(1)) < first + per_rank:
+            kept[name.replace(expert.group(0), f".local_experts.{int(expert.group(1)) - first}.")] = tensor
+    return kept
 
 
 @torch.no_grad()
@@ -521,7 +571,7 @@ def load_into(model: torch.nn.Module, cfg: ModelConfig, padded_vocab: int, tp_si
         raise ConfigError(KEY, f"{cfg.init_from} has no tensor {error.args[0]}") from None
     except RuntimeError as error:  # a tensor whose size does not fit the config's shape
         raise ConfigError(KEY, f"{cfg.init_from}: {str(error).splitlines()[0]}") from None
-    shard = split_tensor_parallel(full, tp_size, tp_rank)
+    shard = local_experts(split_tensor_parallel(full, tp_size, tp_rank), cfg)
     params = dict(model.named_parameters())
     missing = sorted(set(params) - set(shard))
     if missing:

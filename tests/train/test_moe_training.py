@@ -2,6 +2,7 @@
 tensor + sequence parallel and expert parallel reproduce the one-process run, the aux loss is
 logged, and an expert-parallel run resumes exactly."""
 
+import json
 import subprocess
 import sys
 
@@ -108,35 +109,75 @@ def test_expert_parallel_resume_is_exact_with_zero2_and_async_saves(data_root, t
     assert {"experts_ep_00_mp_rank_00.pt", "experts_ep_01_mp_rank_00.pt"} <= written  # written in the background
 
 
-def test_expert_parallel_checkpoint_exports_as_mixtral(data_root, expert_parallel_run):
-    """Every rank's experts reach the export: transformers' Mixtral gives our logits, and our model
-    rebuilt from the export's checkpoint files gives the validation loss the run logged."""
-    from dist_utils import single_process_group
-    from transformers import MixtralForCausalLM
-
-    from pretrain.data.loader import ShardedSamples
-    from pretrain.model.documents import ModelInputs
-    from pretrain.model.generate import load_checkpoint_model
-    from pretrain.model.gpt import language_model_loss
-
+@pytest.fixture(scope="module")
+def mixtral_dir(expert_parallel_run):
+    """The expert-parallel run's last checkpoint exported with `pretrain export hf`."""
     hf_dir = expert_parallel_run / "hf"
     result = subprocess.run([sys.executable, "-m", "pretrain.cli", "export", "hf", str(expert_parallel_run),
                              "--out", str(hf_dir)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "MixtralForCausalLM" in result.stdout
-    theirs = MixtralForCausalLM.from_pretrained(hf_dir, dtype=torch.float32, attn_implementation="eager").eval()
-    valid = ShardedSamples(data_root / "dataset", "valid")
-    tokens = torch.from_numpy(np.stack([valid[i] for i in range(12)])).long()  # eval_samples=12
+    return hf_dir
+
+
+def mixtral(directory):
+    from transformers import MixtralForCausalLM
+
+    return MixtralForCausalLM.from_pretrained(directory, dtype=torch.float32, attn_implementation="eager").eval()
+
+
+def test_expert_parallel_checkpoint_exports_as_mixtral(data_root, expert_parallel_run, mixtral_dir):
+    """Every rank's experts reach the export: transformers' Mixtral gives our logits, and our model
+    rebuilt from the checkpoint's files gives the validation loss the run logged."""
+    from dist_utils import single_process_group
+
+    from pretrain.model.documents import ModelInputs
+    from pretrain.model.generate import load_checkpoint_model
+    from pretrain.model.gpt import language_model_loss
+
+    tokens = samples(data_root, "valid", range(12))  # eval_samples=12
     with single_process_group():
         ours, tokenizer, _ = load_checkpoint_model(expert_parallel_run)
         with torch.no_grad():
             input_ids = tokens[:, :-1]
             our_logits = ours(input_ids, torch.arange(input_ids.shape[1]).expand_as(input_ids), None)
-            their_logits = theirs(input_ids).logits
+            their_logits = mixtral(mixtral_dir)(input_ids).logits
             inputs = ModelInputs("block_causal", tokenizer.eos_id)
             our_loss = sum(language_model_loss(ours, tokens[i:i + 1], inputs).item() for i in range(12)) / 12
     assert (our_logits[..., :their_logits.shape[-1]] - their_logits).abs().max().item() <= 1e-4
     assert our_loss == pytest.approx(logged(expert_parallel_run, "valid_loss")[6], abs=1e-5)
+
+
+def test_mixtral_weights_start_an_expert_parallel_run(data_root, mixtral_dir, tmp_path):
+    """model.init_from with a Mixtral directory: each rank loads its own experts, so the first step's
+    loss is Mixtral's on that batch; and the conversion both ways is bit-exact."""
+    import torch.nn.functional as F
+
+    from pretrain.model import hf
+    from pretrain.monitor.metrics import read_metrics
+
+    run_train(data_root, tmp_path, *EXPERT_PARALLEL, "model.document_masking=none", "train.train_steps=1",
+              "train.eval_interval=0", f"model.init_from={mixtral_dir}")
+    ids = sorted(i for path in (tmp_path / "samples").glob("rank_*.jsonl")
+                 for record in read_metrics(path) if record["step"] == 1 for i in record["sample_ids"])
+    tokens = samples(data_root, "train", ids)
+    with torch.no_grad():
+        logits = mixtral(mixtral_dir)(tokens[:, :-1]).logits
+    their_loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1)).item()
+    assert losses(tmp_path)[1] == pytest.approx(their_loss, abs=1e-5)
+
+    original = hf.read_hf_weights(mixtral_dir)
+    cfg = hf.model_config(json.loads(sorted((tmp_path / "checkpoints").glob("step_*/trainer_state.json"))[-1]
+                                     .read_text())["config"]["model"])
+    back = hf.to_hf(hf.from_hf(original, cfg, 512), cfg, 512)
+    assert back.keys() == original.keys() and all(torch.equal(back[k], original[k]) for k in original)
+
+
+def samples(data_root, split: str, ids) -> torch.Tensor:
+    from pretrain.data.loader import ShardedSamples
+
+    split_samples = ShardedSamples(data_root / "dataset", split)
+    return torch.from_numpy(np.stack([split_samples[i] for i in ids])).long()
 
 
 def test_alltoall_with_tensor_and_expert_parallelism_on_gloo_is_refused(data_root, tmp_path):
