@@ -251,6 +251,32 @@ def test_hf_config_check_accepts_what_transformers_writes_and_names_a_mismatch(t
         hf.check_hf_config(json.loads(json.dumps(ours).replace("500.0", "10000.0")), cfg, VOCAB, tmp_path)
 
 
+def test_mixtral_config_check_accepts_what_transformers_writes_and_names_a_mismatch(tmp_path):
+    from transformers import MixtralConfig
+
+    from pretrain.model.config import MoEConfig
+
+    cfg = hf.model_config({"num_layers": 2, "hidden_size": 64, "num_attention_heads": 4, "num_query_groups": 2,
+                           "ffn_hidden_size": 176, "seq_length": 32,
+                           "moe": MoEConfig(num_experts=4, router_topk=2, ffn_hidden_size=96)})
+    ours = hf.hf_config(cfg, VOCAB, torch.float32, {})
+    MixtralConfig(**ours).save_pretrained(tmp_path)
+    written = hf.read_hf_config(tmp_path)
+    hf.check_hf_config(written, cfg, VOCAB, tmp_path)
+    mismatches = [("num_local_experts", 8, "num_local_experts=8 differs from model.moe.num_experts=4"),
+                  ("num_experts_per_tok", 1, "num_experts_per_tok=1 differs from model.moe.router_topk=2"),
+                  ("intermediate_size", 176, "intermediate_size=176 differs from model.moe.ffn_hidden_size=96"),
+                  ("sliding_window", 16, "sliding_window=16; this model attends to the whole sequence"),
+                  ("model_type", "llama", "not a Mixtral model")]
+    for key, value, message in mismatches:
+        with pytest.raises(hf.ConfigError, match=message):
+            hf.check_hf_config({**written, key: value}, cfg, VOCAB, tmp_path)
+    dense = hf.model_config({"num_layers": 2, "hidden_size": 64, "num_attention_heads": 4, "num_query_groups": 2,
+                             "ffn_hidden_size": 96, "seq_length": 32})
+    with pytest.raises(hf.ConfigError, match="num_local_experts=4 differs from model.moe.num_experts=0"):
+        hf.check_hf_config(written, dense, VOCAB, tmp_path)
+
+
 def test_tied_embeddings_export_without_lm_head_and_match_transformers(tmp_path, megatron_state):
     from safetensors.torch import save_file
 
