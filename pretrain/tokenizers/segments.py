@@ -17,6 +17,9 @@ is not used (no rule at all: plain SentencePiece).
 
 Only BPE models: unigram's Viterbi breaks ties between equally scored splits (runs of
 whitespace pieces, say) by position, so a segment alone may pick another split of equal score.
+And only models that encode the text as it is (`pretrain tokenizer train`'s settings): a dummy
+prefix space, folded whitespace or an NFKC normalizer make a segment's ids depend on where
+it stands, so a tokenizer trained elsewhere with them goes straight to SentencePiece.
 """
 
 import itertools
@@ -41,7 +44,7 @@ class SegmentEncoder:
         self.max_entries = max_entries
         self.cache: dict[str, tuple[int, ...]] = {}
         pieces = vocabulary_pieces(processor)
-        self.words_safe = model_type == "bpe" and no_piece_is_split(pieces, WORDS)
+        self.words_safe = model_type == "bpe" and encodes_text_as_is(processor) and no_piece_is_split(pieces, WORDS)
         self.ascii_safe = self.words_safe and no_piece_is_split([p for p in pieces if _is_ascii(p)], ASCII_RUNS)
 
     def encode_arrays(self, texts: list[str]) -> list[np.ndarray]:
@@ -69,6 +72,14 @@ def vocabulary_pieces(processor) -> list[str]:
     """Pieces that can appear in an encoding as text: not byte-fallback, control or unknown ids."""
     return [processor.id_to_piece(i) for i in range(processor.get_piece_size())
             if not (processor.is_byte(i) or processor.is_control(i) or processor.is_unknown(i))]
+
+
+def encodes_text_as_is(processor) -> bool:
+    """No normalization: identity rule, no whitespace folding, no dummy leading space."""
+    from sentencepiece import sentencepiece_model_pb2
+
+    spec = sentencepiece_model_pb2.ModelProto.FromString(processor.serialized_model_proto()).normalizer_spec
+    return spec.name == "identity" and not spec.add_dummy_prefix and not spec.remove_extra_whitespaces
 
 
 def no_piece_is_split(pieces: list[str], rule: re.Pattern) -> bool:

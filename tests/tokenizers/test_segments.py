@@ -72,6 +72,16 @@ def test_unigram_models_go_straight_to_sentencepiece(tmp_path):
     assert not encoder.words_safe and not encoder.cache
 
 
+@pytest.mark.parametrize("normalization", [{"add_dummy_prefix": True}, {"remove_extra_whitespaces": True},
+                                           {"normalization_rule_name": "nmt_nfkc"}],
+                         ids=["dummy-prefix", "folded-whitespace", "nfkc"])
+def test_a_tokenizer_that_normalizes_goes_straight_to_sentencepiece(tmp_path, normalization):
+    # A segment's ids would depend on its place: the dummy prefix goes only before the first one.
+    processor = train(tmp_path, corpus_texts(), **normalization)
+    encoder = assert_same_as_sentencepiece(processor, corpus_texts()[:10] + random_texts(300, seed=4))
+    assert not encoder.words_safe and not encoder.cache
+
+
 @pytest.mark.parametrize("symbols, words_safe, ascii_safe", [
     (["\n", "a b"], False, False),  # a piece across a space: no segments at all
     (["\n", "x("], True, False),  # a piece across letter and symbol: only whole words
