@@ -33,10 +33,11 @@ from pretrain.communication import Bandwidth
 from pretrain.config import Config, validate
 from pretrain.errors import ConfigError, check_choice
 from pretrain.model.flops import (
+    expert_parameters,
     flops_per_token,
     layer_matmul_parameters,
-    mlp_parameters,
     padded_vocab_size,
+    router_parameters,
     total_parameters,
 )
 from pretrain.monitor.mfu import PEAK_FLOPS, peak_flops
@@ -90,8 +91,7 @@ def parameters_per_gpu(cfg: Config, padded_vocab: int, tp: int, pp: int, ep: int
     and the output layer and final norm (last stage); norms and MoE routers are replicated across TP.
     With MoE, only 1/ep of each layer's experts (see expert_parameters_per_gpu)."""
     m = cfg.model
-    experts = expert_parameters_per_layer(m)
-    router = m.hidden_size * m.moe.num_experts if m.moe.enabled else 0
+    experts, router = expert_parameters(m), router_parameters(m)
     split = layer_matmul_parameters(m) - experts - router
     layer = split // tp + router + experts // (tp * ep) + 2 * m.hidden_size
     stage_layers = (m.num_layers // pp) * layer
@@ -102,15 +102,10 @@ def parameters_per_gpu(cfg: Config, padded_vocab: int, tp: int, pp: int, ep: int
     return stage_layers + max(embedding, output + m.hidden_size)
 
 
-def expert_parameters_per_layer(m) -> int:
-    """One layer's MoE expert weights (all experts, no router); 0 for a dense model."""
-    return mlp_parameters(m) - m.hidden_size * m.moe.num_experts if m.moe.enabled else 0
-
-
 def expert_parameters_per_gpu(cfg: Config, tp: int, pp: int, ep: int) -> int:
     """The experts' part of parameters_per_gpu: ZeRO partitions it over the dp/ep ranks holding the
     same experts, not over the whole data-parallel group."""
-    return (cfg.model.num_layers // pp) * (expert_parameters_per_layer(cfg.model) // (tp * ep))
+    return (cfg.model.num_layers // pp) * (expert_parameters(cfg.model) // (tp * ep))
 
 
 def state_bytes(params: int, precision: str, zero_stage: int, dp: int) -> dict[str, float]:

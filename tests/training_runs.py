@@ -5,8 +5,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import torch
 from pipeline import SHARD_CFG
 
+from pretrain.data.loader import ShardedSamples
 from pretrain.monitor.metrics import read_metrics
 
 SEQ_LENGTH = SHARD_CFG.sequence_length
@@ -52,3 +55,16 @@ def wandb_history(run_dir: Path) -> list[dict]:
                              capture_output=True, text=True, check=True).stdout
         records += [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     return records
+
+
+def tokens_of(data_root, split: str, ids) -> torch.Tensor:
+    samples = ShardedSamples(data_root / "dataset", split)
+    return torch.from_numpy(np.stack([samples[i] for i in ids])).long()
+
+
+def first_step_samples(run_dir) -> list[int]:
+    """Every sample of step 1 over the data-parallel ranks (TP ranks repeat their group's)."""
+    ids = set()
+    for path in sorted((run_dir / "samples").glob("rank_*.jsonl")):
+        ids |= set(next(r for r in read_metrics(path) if r["step"] == 1)["sample_ids"])
+    return sorted(ids)

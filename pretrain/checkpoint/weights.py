@@ -26,7 +26,7 @@ import torch
 from pretrain.errors import ConfigError
 
 _MP_RANK = re.compile(r"mp_rank_(\d+)")
-_LOCAL_EXPERT = re.compile(r"(.*\.local_experts\.)(\d+)(\..*)")
+LOCAL_EXPERT = re.compile(r"(.*\.local_experts\.)(\d+)(\..*)")  # prefix, expert index, rest
 EXPERT_FILE = "experts_ep_{ep}_mp_rank_{tp:02d}.pt"  # ep: two digits, or * to find them all
 
 
@@ -66,7 +66,7 @@ def _with_all_experts(weights: dict[str, torch.Tensor], checkpoint_dir: Path, tp
     files = sorted(checkpoint_dir.glob(EXPERT_FILE.format(ep="*", tp=tp_rank)))
     if not files:
         return weights
-    weights = {name: tensor for name, tensor in weights.items() if not _LOCAL_EXPERT.fullmatch(name)}
+    weights = {name: tensor for name, tensor in weights.items() if not LOCAL_EXPERT.fullmatch(name)}
     for path in files:
         weights.update(load_file(path))
     return weights
@@ -76,20 +76,22 @@ def save_expert_weights(engine, checkpoint_dir: Path) -> None:
     """Write this rank's experts under their global index, once per expert-parallel and TP rank."""
     from megatron.core import parallel_state as ps
 
+    from pretrain.parallel.experts import is_expert
+
     if ps.get_expert_data_parallel_rank() != 0:
         return  # the other ranks of its expert-data-parallel group hold the same experts
     ep_rank = ps.get_expert_model_parallel_rank()
-    experts = {name: param.detach() for name, param in engine.module.named_parameters()
-               if not getattr(param, "allreduce", True)}
-    local_count = 1 + max(int(_LOCAL_EXPERT.fullmatch(name).group(2)) for name in experts)
-    state = {_global_name(name, ep_rank * local_count): tensor.clone() for name, tensor in experts.items()}
+    experts = {name: param.detach() for name, param in engine.module.named_parameters() if is_expert(param)}
+    local_count = 1 + max(int(LOCAL_EXPERT.fullmatch(name).group(2)) for name in experts)
+    state = {renumber_expert(name, ep_rank * local_count): tensor.clone() for name, tensor in experts.items()}
     path = checkpoint_dir / EXPERT_FILE.format(ep=f"{ep_rank:02d}", tp=ps.get_tensor_model_parallel_rank())
     engine.checkpoint_engine.save(state, str(path))
 
 
-def _global_name(name: str, first: int) -> str:
-    prefix, local, rest = _LOCAL_EXPERT.fullmatch(name).groups()
-    return f"{prefix}{first + int(local)}{rest}"
+def renumber_expert(name: str, shift: int) -> str:
+    """An expert weight's name with its expert index moved by `shift` (local <-> global index)."""
+    prefix, index, rest = LOCAL_EXPERT.fullmatch(name).groups()
+    return f"{prefix}{int(index) + shift}{rest}"
 
 
 def _by_dp_rank(paths) -> list[Path]:

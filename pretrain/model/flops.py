@@ -21,9 +21,20 @@ def mlp_parameters(cfg: ModelConfig, experts: int | None = None) -> int:
     plus the router."""
     if not cfg.moe.enabled:
         return 3 * cfg.hidden_size * cfg.ffn_hidden_size
-    expert_ffn = cfg.moe.ffn_hidden_size or cfg.ffn_hidden_size
+    return router_parameters(cfg) + expert_parameters(cfg, experts)
+
+
+def router_parameters(cfg: ModelConfig) -> int:
+    """One MoE layer's router (a [experts, hidden] matrix); 0 for a dense model."""
+    return cfg.hidden_size * cfg.moe.num_experts if cfg.moe.enabled else 0
+
+
+def expert_parameters(cfg: ModelConfig, experts: int | None = None) -> int:
+    """Weights of `experts` SwiGLU experts of one MoE layer (default: all); 0 for a dense model."""
+    if not cfg.moe.enabled:
+        return 0
     count = cfg.moe.num_experts if experts is None else experts
-    return cfg.hidden_size * cfg.moe.num_experts + count * 3 * cfg.hidden_size * expert_ffn
+    return count * 3 * cfg.hidden_size * (cfg.moe.ffn_hidden_size or cfg.ffn_hidden_size)
 
 
 def layer_matmul_parameters(cfg: ModelConfig) -> int:

@@ -63,7 +63,6 @@ class ExpertGroupsMarker(MoE):
     def __init__(self, num_experts: int, expert_parallel_size: int):
         torch.nn.Module.__init__(self)  # not MoE.__init__: that would build DeepSpeed's own experts
         self.num_experts = num_experts
-        self.ep_size = expert_parallel_size
         self.expert_group_name = group_name(expert_parallel_size)
         self.num_local_experts = 0  # DeepSpeed saves and loads one file per local expert: none
 
@@ -71,15 +70,16 @@ class ExpertGroupsMarker(MoE):
         """The groups are megatron's, registered before the engine is built."""
 
 
-def expert_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
-    """Parameters that live on one expert-parallel rank only (megatron marks them allreduce=False)."""
-    return [p for p in model.parameters() if not getattr(p, "allreduce", True)]
+def is_expert(param: torch.nn.Parameter) -> bool:
+    """A parameter that lives on one expert-parallel rank only (megatron marks it allreduce=False,
+    the mark DeepSpeed reads too)."""
+    return not getattr(param, "allreduce", True)
 
 
 def prepare_model(model: torch.nn.Module, num_experts: int, expert_parallel_size: int) -> None:
     """Register the groups, name each expert parameter's group, attach the marker DeepSpeed looks for."""
     register_expert_groups(expert_parallel_size)
-    for param in expert_parameters(model):
+    for param in filter(is_expert, model.parameters()):
         param.group_name = group_name(expert_parallel_size)
     model.deepspeed_expert_groups = ExpertGroupsMarker(num_experts, expert_parallel_size)
 
@@ -88,8 +88,8 @@ def split_param_groups(param_groups: list[dict]) -> list[dict]:
     """Each optimizer param group split into its shared and its expert parameters (marked `moe`)."""
     split = []
     for group in param_groups:
-        shared = [p for p in group["params"] if getattr(p, "allreduce", True)]
-        experts = [p for p in group["params"] if not getattr(p, "allreduce", True)]
+        shared = [p for p in group["params"] if not is_expert(p)]
+        experts = [p for p in group["params"] if is_expert(p)]
         split.append({**group, "params": shared})
         if experts:
             split.append({**group, "params": experts, "moe": True, "name": experts[0].group_name})

@@ -11,16 +11,14 @@ import shutil
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from dist_utils import single_process_group
 from safetensors.torch import load_file, save_file
-from training_runs import losses, run_train, valid_losses
+from training_runs import first_step_samples, losses, run_train, tokens_of, valid_losses
 from transformers import AutoTokenizer, LlamaForCausalLM
 
-from pretrain.data.loader import ShardedSamples
 from pretrain.model import hf
 from pretrain.model.flops import flops_per_token
 from pretrain.model.generate import greedy
@@ -68,11 +66,6 @@ def pretrain(*args) -> subprocess.CompletedProcess:
 
 def hf_model(directory) -> LlamaForCausalLM:
     return LlamaForCausalLM.from_pretrained(directory, dtype=torch.float32, attn_implementation="eager").eval()
-
-
-def tokens_of(data_root, split: str, ids) -> torch.Tensor:
-    samples = ShardedSamples(data_root / "dataset", split)
-    return torch.from_numpy(np.stack([samples[i] for i in ids])).long()
 
 
 def hf_loss(model, tokens: torch.Tensor) -> float:
@@ -163,14 +156,6 @@ def test_import_then_export_is_bit_exact_at_tp1_and_tp2(exports, megatron_state)
 def _model_fields(run_dir) -> dict:
     checkpoint = sorted((run_dir / "checkpoints").glob("step_*"))[-1]
     return json.loads((checkpoint / "trainer_state.json").read_text())["config"]["model"]
-
-
-def first_step_samples(run_dir) -> list[int]:
-    """Every sample of step 1 over the data-parallel ranks (TP ranks repeat their group's)."""
-    ids = set()
-    for path in sorted((run_dir / "samples").glob("rank_*.jsonl")):
-        ids |= set(next(r for r in read_metrics(path) if r["step"] == 1)["sample_ids"])
-    return sorted(ids)
 
 
 def test_init_from_at_tp2_starts_from_the_hf_weights_and_keeps_frozen_parts_fixed(exports, data_root, tmp_path):

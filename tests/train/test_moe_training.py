@@ -6,10 +6,9 @@ import json
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
-from training_runs import losses, run_train, sample_ids
+from training_runs import first_step_samples, losses, run_train, sample_ids, tokens_of
 
 from pretrain.monitor.metrics import read_metrics
 
@@ -135,7 +134,7 @@ def test_expert_parallel_checkpoint_exports_as_mixtral(data_root, expert_paralle
     from pretrain.model.generate import load_checkpoint_model
     from pretrain.model.gpt import language_model_loss
 
-    tokens = samples(data_root, "valid", range(12))  # eval_samples=12
+    tokens = tokens_of(data_root, "valid", range(12))  # eval_samples=12
     with single_process_group():
         ours, tokenizer, _ = load_checkpoint_model(expert_parallel_run)
         with torch.no_grad():
@@ -154,13 +153,10 @@ def test_mixtral_weights_start_an_expert_parallel_run(data_root, mixtral_dir, tm
     import torch.nn.functional as F
 
     from pretrain.model import hf
-    from pretrain.monitor.metrics import read_metrics
 
     run_train(data_root, tmp_path, *EXPERT_PARALLEL, "model.document_masking=none", "train.train_steps=1",
               "train.eval_interval=0", f"model.init_from={mixtral_dir}")
-    ids = sorted(i for path in (tmp_path / "samples").glob("rank_*.jsonl")
-                 for record in read_metrics(path) if record["step"] == 1 for i in record["sample_ids"])
-    tokens = samples(data_root, "train", ids)
+    tokens = tokens_of(data_root, "train", first_step_samples(tmp_path))
     with torch.no_grad():
         logits = mixtral(mixtral_dir)(tokens[:, :-1]).logits
     their_loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1)).item()
@@ -171,13 +167,6 @@ def test_mixtral_weights_start_an_expert_parallel_run(data_root, mixtral_dir, tm
                                      .read_text())["config"]["model"])
     back = hf.to_hf(hf.from_hf(original, cfg, 512), cfg, 512)
     assert back.keys() == original.keys() and all(torch.equal(back[k], original[k]) for k in original)
-
-
-def samples(data_root, split: str, ids) -> torch.Tensor:
-    from pretrain.data.loader import ShardedSamples
-
-    split_samples = ShardedSamples(data_root / "dataset", split)
-    return torch.from_numpy(np.stack([split_samples[i] for i in ids])).long()
 
 
 def test_alltoall_with_tensor_and_expert_parallelism_on_gloo_is_refused(data_root, tmp_path):
