@@ -83,22 +83,17 @@ def random_hf_weights(cfg, vocab: int) -> dict[str, torch.Tensor]:
 
 
 def tokenizer_dir(root: Path) -> Path:
-    """A small SentencePiece model with the card the project's Tokenizer checks."""
-    import hashlib
+    """A small tokenizer trained by the project on a few generated documents."""
+    from pretrain.data.config import TokenizerConfig
+    from pretrain.tokenizers.train import train_tokenizer
 
-    import sentencepiece as spm
-
-    directory = root / "tokenizer"
-    directory.mkdir()
-    text = root / "corpus.txt"
-    text.write_text("\n".join(f"line {i} of some words to learn pieces from {i * 7}" for i in range(2000)))
-    spm.SentencePieceTrainer.train(input=str(text), model_prefix=str(directory / "tokenizer"), vocab_size=200,
-                                   model_type="bpe", pad_id=0, bos_id=1, eos_id=2, unk_id=3, minloglevel=2)
-    digest = hashlib.sha256((directory / "tokenizer.model").read_bytes()).hexdigest()
-    card = {"vocab_size": 200, "model_type": "bpe", "pad_id": 0, "bos_id": 1, "eos_id": 2, "unk_id": 3,
-            "sha256": digest}
-    (directory / "card.json").write_text(json.dumps(card))
-    return directory
+    cleaned = root / "cleaned"
+    cleaned.mkdir()
+    texts = (f"line {i} of some words to learn pieces from {i * 7}" for i in range(2000))
+    docs = (json.dumps({"id": str(i), "text": text}) for i, text in enumerate(texts))
+    (cleaned / "cleaned-00000.jsonl").write_text("\n".join(docs) + "\n")
+    train_tokenizer(TokenizerConfig(vocab_size=300, sample_docs=2000), cleaned, root / "tokenizer")
+    return root / "tokenizer"
 
 
 def run_mode(mode: str, run_dir: str, out: str) -> None:
@@ -108,9 +103,7 @@ def run_mode(mode: str, run_dir: str, out: str) -> None:
         return
     from pretrain.checkpoint.weights import tensor_parallel_shards
 
-    checkpoint = hf.find_checkpoint(Path(run_dir), None)
-    config = json.loads((checkpoint / "trainer_state.json").read_text())["config"]
-    cfg = hf.model_config(config["model"])
+    checkpoint, _, cfg = hf.read_checkpoint(run_dir, None)
     weights = hf.merge_tensor_parallel([dict(shard) for shard in tensor_parallel_shards(checkpoint)])
     tensors = hf.to_hf(weights, cfg, cfg.vocab_size)
     Path(out).mkdir()

@@ -109,13 +109,14 @@ def generate_text(cfg: None, args) -> int:
     init_distributed(ParallelConfig(), args.seed)  # one process, TP=1: megatron's layers need its state
     model, tokenizer, model_cfg = load_checkpoint_model(args.run_dir, args.step, args.tokenizer)
     generator = torch.Generator().manual_seed(args.seed)
+    device = next(model.parameters()).device  # build_model puts it on the GPU where there is one
     for prompt in args.prompt:
         if args.greedy:
             ids = greedy(model, tokenizer.encode([prompt])[0], args.max_new_tokens, model_cfg.seq_length,
-                         tokenizer.vocab_size, tokenizer.eos_id, torch.device("cpu"))
+                         tokenizer.vocab_size, tokenizer.eos_id, device)
             text = tokenizer.decode([i for i in ids if i != tokenizer.eos_id])
         else:
-            text = generate(model, tokenizer, prompt, args.max_new_tokens, model_cfg.seq_length, torch.device("cpu"),
+            text = generate(model, tokenizer, prompt, args.max_new_tokens, model_cfg.seq_length, device,
                             generator, args.temperature, args.top_k, args.top_p)
         print(f"--- {prompt!r}\n{prompt}{text}")
     return 0

@@ -33,7 +33,8 @@ class KernelSet:
     fused_rope: bool
     """Sets megatron's apply_rope_fusion; its fused-RoPE hook then runs the Triton RoPE."""
     output_loss: Callable | None
-    """(model, input_ids, position_ids, labels) -> mean loss, or None for megatron's logits + CE."""
+    """(model, labels, input_ids=, position_ids=, attention_mask=) -> mean loss, or None for megatron's
+    logits + CE."""
 
 
 def resolve(choice: str) -> str:
@@ -41,7 +42,7 @@ def resolve(choice: str) -> str:
     if choice == "auto":
         if torch.cuda.is_available() and _installed("triton"):
             return "triton"
-        return "apex" if _installed("apex") else "torch"
+        return "apex" if _installed("apex.normalization") else "torch"
     if choice == "triton":
         if not _installed("triton"):
             raise ConfigError("model.kernels", "triton is not installed; use auto or torch")

@@ -2,7 +2,7 @@
 and `pretrain generate RUN_DIR`.
 """
 
-import json
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -65,9 +65,9 @@ def _top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
     if p >= 1.0:
         return logits
     sorted_logits, order = torch.sort(logits, descending=True)
-    cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
+    probs = torch.softmax(sorted_logits, dim=-1)
     # A token stays when the probability mass before it is still below p (the first always stays).
-    drop_sorted = (cumulative - torch.softmax(sorted_logits, dim=-1)) >= p
+    drop_sorted = (probs.cumsum(-1) - probs) >= p
     drop = torch.zeros_like(drop_sorted).scatter(0, order, drop_sorted)  # back to vocabulary order
     return logits.masked_fill(drop, float("-inf"))
 
@@ -82,13 +82,12 @@ def load_checkpoint_model(run_dir: str | Path, step: int | None = None, tokenize
     from pretrain.model import hf
     from pretrain.model.gpt import build_model
 
-    run_dir = Path(run_dir)
-    checkpoint = hf.find_checkpoint(run_dir, step)
-    config = json.loads((checkpoint / "trainer_state.json").read_text())["config"]
-    cfg = hf.model_config(config["model"])
-    tokenizer = hf.open_tokenizer(Path(tokenizer_dir or f"{config['data']['root']}/tokenizer"))
+    checkpoint, config, cfg = hf.read_checkpoint(run_dir, step)
+    tokenizer = hf.open_tokenizer(tokenizer_dir or hf.run_tokenizer_dir(config))
     weights = hf.merge_tensor_parallel(tensor_parallel_shards(checkpoint))
-    model = build_model(cfg, weights[hf.EMBEDDING].shape[0], 1)  # the vocabulary as padded in training
+    # The weights are all it needs: kernels this host picks itself, no compile for a few tokens.
+    runnable = dataclasses.replace(cfg, kernels="auto", compile=False)
+    model = build_model(runnable, weights[hf.EMBEDDING].shape[0], 1)  # the vocabulary as padded in training
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if unexpected or any(not name.endswith("_extra_state") for name in missing):
         raise ValueError(f"{checkpoint} does not fit the model: missing {missing}, unexpected {unexpected}")

@@ -48,8 +48,8 @@ _SAME = {
     "input_layernorm.weight": "input_layernorm.weight",
     "self_attention.linear_proj.weight": "self_attn.o_proj.weight",
     "pre_mlp_layernorm.weight": "post_attention_layernorm.weight",
-    "mlp.linear_fc2.weight": "mlp.down_proj.weight",
 }
+_DENSE_FC2 = ("mlp.linear_fc2.weight", "mlp.down_proj.weight")  # a MoE layer has experts instead
 _COLUMN_PARALLEL = (QKV, EMBEDDING, OUTPUT)
 _ROW_PARALLEL = ("self_attention.linear_proj.weight", "linear_fc2.weight")  # the MLP's and each expert's
 # MoE layers (HF Mixtral): the router, and each expert's SwiGLU as w1 (gate), w3 (up), w2 (down).
@@ -123,6 +123,8 @@ def to_hf(weights: dict[str, torch.Tensor], cfg: ModelConfig, vocab_size: int) -
             hf[prefix + "mlp.gate_proj.weight"], hf[prefix + "mlp.up_proj.weight"] = tensor.chunk(2, dim=0)
         elif suffix in _SAME:
             hf[prefix + _SAME[suffix]] = tensor
+        elif suffix == _DENSE_FC2[0]:
+            hf[prefix + _DENSE_FC2[1]] = tensor
         else:
             hf.update(_moe_to_hf(prefix + "block_sparse_moe.", suffix, tensor))
     return {name: t.contiguous() for name, t in hf.items()}
@@ -168,9 +170,9 @@ def from_hf(hf: dict[str, torch.Tensor], cfg: ModelConfig, padded_vocab: int) ->
             weights.update(_moe_from_hf(hf, cfg, ours, theirs + "block_sparse_moe."))
         else:
             weights[ours + FC1] = torch.cat([hf[theirs + "mlp.gate_proj.weight"], hf[theirs + "mlp.up_proj.weight"]])
+            weights[ours + _DENSE_FC2[0]] = hf[theirs + _DENSE_FC2[1]]
         for our_suffix, their_suffix in _SAME.items():
-            if not (cfg.moe.enabled and our_suffix == "mlp.linear_fc2.weight"):
-                weights[ours + our_suffix] = hf[theirs + their_suffix]
+            weights[ours + our_suffix] = hf[theirs + their_suffix]
     return weights
 
 
@@ -335,11 +337,8 @@ def export(run_dir: str | Path, step: int | None = None, out_dir: str | Path | N
     from pretrain.io import atomic_dir, write_json
 
     run_dir = Path(run_dir)
-    checkpoint = find_checkpoint(run_dir, step)
-    config = json.loads((checkpoint / "trainer_state.json").read_text())["config"]
-    cfg = model_config(config["model"])
-    tokenizer_dir = Path(tokenizer_dir or f"{config['data']['root']}/tokenizer")
-    tokenizer = open_tokenizer(tokenizer_dir)
+    checkpoint, config, cfg = read_checkpoint(run_dir, step)
+    tokenizer = open_tokenizer(tokenizer_dir or run_tokenizer_dir(config))
     vocab_size = cfg.vocab_size or tokenizer.vocab_size
     dtype = DTYPES[config["train"]["precision"]]
     shards = tensor_parallel_shards(checkpoint)  # read lazily: memory maps, ZeRO-3 pieces on demand
@@ -448,6 +447,20 @@ def model_config(fields: dict) -> ModelConfig:
     return ModelConfig(**kept)
 
 
+def read_checkpoint(run_dir: str | Path, step: int | None) -> tuple[Path, dict, ModelConfig]:
+    """(checkpoint folder, the run's resolved config, its model config) of checkpoint `step` (default: latest)."""
+    from pretrain.checkpoint import store
+
+    checkpoint = find_checkpoint(Path(run_dir), step)
+    config = json.loads((checkpoint / store.TRAINER_STATE).read_text())["config"]
+    return checkpoint, config, model_config(config["model"])
+
+
+def run_tokenizer_dir(config: dict) -> Path:
+    """The tokenizer a run trained with: its data.root/tokenizer."""
+    return Path(config["data"]["root"]) / "tokenizer"
+
+
 def find_checkpoint(run_dir: Path, step: int | None) -> Path:
     """The folder of checkpoint `step` (default: latest) of a run; one-line errors otherwise."""
     from pretrain.checkpoint import store
@@ -461,7 +474,7 @@ def find_checkpoint(run_dir: Path, step: int | None) -> Path:
     return store.checkpoints_dir(run_dir) / tag
 
 
-def open_tokenizer(directory: Path):
+def open_tokenizer(directory: str | Path):
     """The tokenizer of an exported or sampled checkpoint; --tokenizer names it when it moved."""
     from pretrain.tokenizers.tokenizer import Tokenizer
 
@@ -550,15 +563,17 @@ def local_experts(weights: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[st
         return weights
     from megatron.core import parallel_state as ps
 
+    from pretrain.checkpoint.weights import LOCAL_EXPERT, renumber_expert
+
     per_rank = cfg.moe.num_experts // ps.get_expert_model_parallel_world_size()
     first = ps.get_expert_model_parallel_rank() * per_rank
     kept = {}
     for name, tensor in weights.items():
-        expert = re.search(r"\.local_experts\.(\d+)\.", name)
+        expert = LOCAL_EXPERT.fullmatch(name)
         if expert is None:
             kept[name] = tensor
-        elif first <= int(expert.group(1)) < first + per_rank:
-            kept[name.replace(expert.group(0), f".local_experts.{int(expert.group(1)) - first}.")] = tensor
+        elif first <= int(expert.group(2)) < first + per_rank:
+            kept[renumber_expert(name, -first)] = tensor
     return kept
 
 

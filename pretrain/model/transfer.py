@@ -11,7 +11,9 @@ def prepare_model(model: torch.nn.Module, cfg: ModelConfig, padded_vocab: int, t
                   run_dir: str | Path, say) -> None:
     """Load init_from on a fresh run, then freeze; call before DeepSpeed builds its optimizer."""
     if cfg.init_from:
-        if (Path(run_dir) / "checkpoints" / "latest").is_file():
+        from pretrain.checkpoint import store
+
+        if store.resume_candidates(run_dir):  # what the trainer will resume from, if anything
             say(f"model.init_from={cfg.init_from} not loaded: the run directory has a checkpoint, resuming wins")
         else:
             from pretrain.model.hf import load_into
@@ -34,7 +36,7 @@ def freeze(model: torch.nn.Module, cfg: ModelConfig) -> int:
     """Set requires_grad=False on the frozen parameters; returns how many values were frozen."""
     prefixes, count = frozen_names(cfg), 0
     for name, param in model.named_parameters():
-        if prefixes and name.startswith(prefixes):
+        if name.startswith(prefixes):
             param.requires_grad_(False)
             count += param.numel()
     return count
