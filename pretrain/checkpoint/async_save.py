@@ -100,7 +100,7 @@ class AsyncCheckpointWriter:
                 torch.save(state, path, _use_new_zipfile_serialization=zipfile_serialization)
                 if index == 0:
                     kill_point("async_write", step)
-        except (OSError, RuntimeError) as error:  # torch.save reports a full disk as RuntimeError
+        except Exception as error:  # any failure must reach the gather below, or the other ranks wait in it
             problem = _describe(error)
         files.clear()  # let the host copy go as soon as it is on disk
         problems = [None] * dist.get_world_size(self.group)
@@ -110,7 +110,10 @@ class AsyncCheckpointWriter:
             rank, message = failed[0]
             self._error = StorageError(step, f"rank {rank}: {message}")
             return
-        commit(self.group)
+        try:
+            commit(self.group)
+        except Exception as error:  # sealing or moving `latest` failed: reported by wait(), as a write failure is
+            self._error = StorageError(step, f"rank {dist.get_rank()}: {_describe(error)}")
 
     def wait(self) -> None:
         """Block until the write in flight (if any) is committed; raise StorageError if it failed."""
@@ -136,4 +139,4 @@ def wait_for_writes() -> None:
 def _describe(error: Exception) -> str:
     if isinstance(error, OSError) and error.strerror:
         return f"{error.strerror} ({error.filename})"
-    return str(error).splitlines()[0]
+    return (str(error).splitlines() or [type(error).__name__])[0]

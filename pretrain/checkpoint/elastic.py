@@ -128,20 +128,29 @@ def universal_dir(checkpoint: Path) -> Path:
 def ensure_universal(checkpoint: Path, warn) -> Path:
     """step_N/universal, converted by rank 0 unless a sealed one verifies; every rank calls this."""
     target = universal_dir(checkpoint)
-    problem = _check_sealed(target)
-    if problem and dist.get_rank() == 0:
-        for leftover in checkpoint.glob(f".{UNIVERSAL}.tmp-*"):  # a conversion that crashed
-            shutil.rmtree(leftover, ignore_errors=True)
-        if target.exists():
-            warn(f"converting {checkpoint} again: {problem}")
-            shutil.rmtree(target)
-        warn(f"converting {checkpoint} to DeepSpeed's universal format for the new layout")
-        convert(checkpoint, target)
+    problem = _check_sealed(target)  # the same answer on every rank
+    if not problem:
+        return target
+    if dist.get_rank() == 0:
+        try:
+            _convert_again(checkpoint, target, problem, warn)
+        except Exception as error:  # the other ranks wait at the barrier; the check after it fails for all
+            warn(f"the universal conversion of {checkpoint} failed: {error}")
     dist.barrier()
     problem = _check_sealed(target)
     if problem:
         raise RuntimeError(f"the universal conversion of {checkpoint} does not verify: {problem}")
     return target
+
+
+def _convert_again(checkpoint: Path, target: Path, problem: str, warn) -> None:
+    for leftover in checkpoint.glob(f".{UNIVERSAL}.tmp-*"):  # a conversion that crashed
+        shutil.rmtree(leftover, ignore_errors=True)
+    if target.exists():
+        warn(f"converting {checkpoint} again: {problem}")
+        shutil.rmtree(target)
+    warn(f"converting {checkpoint} to DeepSpeed's universal format for the new layout")
+    convert(checkpoint, target)
 
 
 def _check_sealed(directory: Path) -> str | None:

@@ -83,7 +83,7 @@ class ShardedSamples:
         the map and one join copies them all. `out` (any integer dtype, e.g. int64: rows are
         widened as they land) receives them, in the order of `indices`.
         """
-        if len(indices) < ROWS_PER_FANCY_INDEX * len(self.paths):  # about a shard per sample
+        if len(indices) < ROWS_PER_FANCY_INDEX * len(self.paths):  # few rows per shard of the split
             rows = self._join_rows(indices.tolist() if isinstance(indices, np.ndarray) else list(indices))
             if out is None:
                 return rows
@@ -97,7 +97,7 @@ class ShardedSamples:
         if first < 0 or last >= len(self.paths):
             raise self._out_of_range(int(indices[(indices < 0) | (indices >= self._size)][0]))
         rows = indices - self.starts[shards]
-        for shard in range(first, last + 1):  # one fancy index per shard; out keeps the order of indices
+        for shard in np.unique(shards).tolist():  # one fancy index per shard read; out keeps the order of indices
             where = shards == shard
             out[where] = self._layout(shard).rows[rows[where]]
         return out
@@ -341,7 +341,7 @@ def _micro_batches(samples: ShardedSamples, ids: np.ndarray, micro_batch_size: i
     else:
         tokens = torch.from_numpy(samples.gather(ids, out=np.empty(shape, dtype=np.int64)))
     sample_ids = torch.from_numpy(np.asarray(ids, dtype=np.int64))
-    if len(ids) <= micro_batch_size:
+    if len(ids) <= micro_batch_size:  # one micro-batch: no slicing (a tensor view costs about a microsecond)
         return [{"tokens": tokens, "sample_ids": sample_ids}]
     return [{"tokens": tokens[k : k + micro_batch_size], "sample_ids": sample_ids[k : k + micro_batch_size]}
             for k in range(0, len(ids), micro_batch_size)]

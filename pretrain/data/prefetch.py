@@ -97,7 +97,7 @@ class PrefetchBatches:
         self.batches.load_state_dict(state)
 
     def close(self) -> None:
-        """Stop the thread once it has finished the batch in hand (later calls do nothing)."""
+        """Stop the thread once it has read the batches already asked for (later calls do nothing)."""
         if not self._closed:
             self._closed = True
             self._requests.put(None)

@@ -295,8 +295,8 @@ class Wandb(Callback):
             self.sent_before = int(self.marker.read_text()) if self.marker.is_file() else -1
 
     def on_log(self, trainer, record):
-        if self.run is None or record["step"] <= self.sent_before:
-            return
+        if self.run is None or record["step"] <= self.sent_before or record["step"] < self.last_step:
+            return  # sent before a restart, or replayed after a rollback: W&B takes steps in order only
         if record["step"] > self.last_step:
             # Written before sending: a kill between the two then loses this step from W&B
             # (metrics.jsonl has it) instead of sending it twice after the restart.
