@@ -31,25 +31,25 @@ def sbatch(script: str, cwd: str, dependency: str | None = None, extra: list[str
 
 
 def job_info(job_id: str) -> dict[str, str]:
-    """`scontrol show job` as a dict; empty when Slurm no longer knows the job."""
-    try:
-        text = slurm_command("scontrol", "show", "job", "--oneliner", job_id)
-    except ConfigError:
-        return {}
+    """`scontrol show job` as a dict (an array job: its first record); empty when Slurm no longer knows the job."""
     info = {}
-    for word in text.split():
-        key, _, value = word.partition("=")
+    for key, value in _scontrol_fields(job_id):
         info.setdefault(key, value)
     return info
 
 
 def job_states(job_id: str) -> set[str]:
     """The states of a job's records: one per array task for an array job; empty when gone."""
+    return {value for key, value in _scontrol_fields(job_id) if key == "JobState"}
+
+
+def _scontrol_fields(job_id: str) -> list[tuple[str, str]]:
+    """(key, value) of every field of every record of `scontrol show job`; none when the job is gone."""
     try:
         text = slurm_command("scontrol", "show", "job", "--oneliner", job_id)
     except ConfigError:
-        return set()
-    return {word.partition("=")[2] for word in text.split() if word.startswith("JobState=")}
+        return []
+    return [tuple(word.partition("=")[::2]) for word in text.split()]
 
 
 def my_jobs() -> list[dict[str, str]]:

@@ -16,6 +16,7 @@ from pretrain import exit_codes
 from pretrain.checkpoint import async_save, store
 from pretrain.io import write_atomic
 from pretrain.monitor.metrics import MetricsFile, format_record
+from pretrain.monitor.mfu import mfu
 
 
 class Callback:
@@ -59,7 +60,7 @@ class StepMetrics(Callback):
         self.world_size = world_size
         self.flops_per_step = flops_per_step
         self.peak_flops = peak_flops
-        """Peak FLOP/s of all devices together; None (unknown device) logs no mfu."""
+        """Peak FLOP/s of one device; None (unknown device) logs no mfu."""
         self._reset()
 
     def _reset(self):
@@ -87,7 +88,8 @@ class StepMetrics(Callback):
             "grad_norm": metrics["grad_norm"],
             "tokens_per_second": tokens_per_second,
             "tokens_per_second_per_gpu": tokens_per_second / self.world_size,
-            **({"mfu": self.flops_per_step * steps / self.seconds / self.peak_flops} if self.peak_flops else {}),
+            **({"mfu": mfu(self.flops_per_step * steps / self.seconds, self.peak_flops, self.world_size)}
+               if self.peak_flops else {}),
             **_precision_state(trainer.engine),
             "consumed_samples": consumed,
             "consumed_tokens": consumed * self.seq_length,

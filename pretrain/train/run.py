@@ -109,8 +109,7 @@ def build_callbacks(cfg: Config, config_dict, layout: ParallelLayout, tokenizer:
     vocab_size = padded_vocab_size(cfg.model.vocab_size or tokenizer.vocab_size, cfg.model, layout.tensor_parallel_size)
     peak = local_peak_flops(train.precision, train.peak_flops)
     callbacks.append(cb.StepMetrics(train.log_interval, tokens_per_step, cfg.model.seq_length, layout.world_size,
-                                    flops_per_token(cfg.model, vocab_size) * tokens_per_step,
-                                    peak and peak * layout.world_size))
+                                    flops_per_token(cfg.model, vocab_size) * tokens_per_step, peak))
     if cfg.logging.stragglers.interval:
         callbacks.append(StragglerDetector(cfg.logging.stragglers))
     callbacks.append(NonFiniteGuard(train.guard))  # before Checkpointing: a bad step is not saved
