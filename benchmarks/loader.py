@@ -1,15 +1,17 @@
-"""Loader throughput: the trainer's TrainBatches against a plain numpy.memmap of the same tokens.
+"""Loader throughput: the trainer's TrainBatches against plain numpy.memmap readers of the same tokens.
 
     python benchmarks/loader.py [--data-root DIR] [--sequence-length 2048] [--micro-batch-size 8]
 
-Both read the same samples in the same seeded order (one data-parallel rank), from the page
-cache (each is run once before it is timed), into int64 torch tensors of [micro, seq + 1], as
-the training step takes them. The baseline is the fastest plain reader: every sample of the
-split copied into one flat int32 file, opened as a memmap and fancy-indexed per micro-batch.
-Both compute a micro-batch's sample ids with the same vectorized order function.
-The consumer rows put the loader beside what a trainer consumes per GPU: the loader's time per
-step as a share of the step. The last table is the data wait of a training loop whose step
-takes STEP_SECONDS with the host idle (a GPU step: sleep), with and without the prefetch thread.
+Every reader delivers what the training step takes: one rank's global batch as a list of
+[micro, seq + 1] int64 torch tensors, the samples in the same seeded order (one data-parallel
+rank), from the page cache (each reader is run once before it is timed). Two batch shapes: one
+micro-batch per step, and ACCUMULATION micro-batches per step (a rank's share of a 512-sample
+global batch on 8 GPUs at micro-batch 8). The baselines copy every sample of the split into one
+flat int32 file, opened as a memmap: the plain reader fancy-indexes it per micro-batch; the
+batched one fancy-indexes a whole global batch at once and splits it. All compute sample ids with
+the same global_sample_ids. The consumer rows put the loader beside what a trainer consumes per
+GPU. The last table is the data wait of a training loop whose step takes STEP_SECONDS with the
+host idle (a GPU step: sleep), with and without the prefetch thread.
 """
 
 import argparse
@@ -30,10 +32,11 @@ from pretrain.data.prefetch import PrefetchBatches  # noqa: E402
 from pretrain.data.shard import write_shards  # noqa: E402
 
 SEED, PASSES = 1234, 3
+ACCUMULATION = 8
 # What one GPU eats: tokens/s per H100 of OLMo-core's 1B model (bf16), and of an 8B model at 40% MFU.
 CONSUMERS = {"1B model, 55k tokens/s per GPU": 55_000, "8B model, 8k tokens/s per GPU": 8_000}
-# The data-wait loop: global batches of 8 micro-batches, a 20 ms step, 50 steps.
-WAIT_MICRO_BATCHES, STEP_SECONDS, WAIT_STEPS = 8, 0.02, 50
+# The data-wait loop: a 20 ms step, 50 steps.
+STEP_SECONDS, WAIT_STEPS = 0.02, 50
 
 
 def dataset(args, tmp: Path) -> Path:
@@ -46,16 +49,26 @@ def dataset(args, tmp: Path) -> Path:
     return out
 
 
-def read_ours(samples: ShardedSamples, micro: int, steps: int) -> int:
-    batches = TrainBatches(samples, SEED, micro, micro, 0, 1)
-    return sum(batch["tokens"].numel() for _ in range(steps) for batch in batches.next_global_batch())
+def read_ours(samples: ShardedSamples, micro: int, batch: int, steps: int) -> int:
+    batches = TrainBatches(samples, SEED, micro, batch, 0, 1)
+    return sum(mb["tokens"].numel() for _ in range(steps) for mb in batches.next_global_batch())
 
 
-def read_memmap(flat: np.ndarray, num_samples: int, micro: int, steps: int) -> int:
+def read_memmap(flat: np.ndarray, micro: int, batch: int, steps: int) -> int:
+    """The plain reader: one fancy index per micro-batch."""
     tokens = 0
-    for step in range(steps):
-        ids = global_sample_ids(np.arange(step * micro, (step + 1) * micro), num_samples, SEED)
+    for start in range(0, steps * batch, micro):
+        ids = global_sample_ids(range(start, start + micro), len(flat), SEED)
         tokens += torch.from_numpy(flat[ids]).long().numel()
+    return tokens
+
+
+def read_memmap_batched(flat: np.ndarray, micro: int, batch: int, steps: int) -> int:
+    """One fancy index per global batch, split into micro-batches."""
+    tokens = 0
+    for start in range(0, steps * batch, batch):
+        ids = global_sample_ids(range(start, start + batch), len(flat), SEED)
+        tokens += sum(part.numel() for part in torch.from_numpy(flat[ids]).long().split(micro))
     return tokens
 
 
@@ -99,22 +112,32 @@ def main() -> None:
         np.stack([samples[i] for i in range(len(samples))]).tofile(flat_path)
         flat = np.memmap(flat_path, dtype="<i4", mode="r").reshape(len(samples), samples.sample_length)
         micro = args.micro_batch_size
-        steps = len(samples) // micro  # one epoch
-        memmap = best_rate(lambda: read_memmap(flat, len(samples), micro, steps))
-        ours = best_rate(lambda: read_ours(samples, micro, steps))
-        report(len(samples), samples.sample_length, micro, memmap, ours)
-        wait_batch = WAIT_MICRO_BATCHES * micro
+        print(f"{len(samples)} samples of {samples.sample_length} tokens in {len(samples.paths)} shards, "
+              f"micro-batches of {micro}, one epoch, best of {PASSES}\n")
+        print("| micro-batches per step | reader | M tokens/s | vs memmap per micro-batch | vs memmap per batch |")
+        print("|---:|---|---:|---:|---:|")
+        for accumulation in (1, ACCUMULATION):
+            batch = accumulation * micro
+            steps = len(samples) // batch  # one epoch
+            rates = {name: best_rate(lambda read=read: read(source, micro, batch, steps)) for name, read, source in (
+                ("numpy.memmap of a flat token file, per micro-batch", read_memmap, flat),
+                ("numpy.memmap of a flat token file, per global batch", read_memmap_batched, flat),
+                ("TrainBatches (webdataset shards, memory-mapped)", read_ours, samples))}
+            report(accumulation, rates)
+        report_consumers(rates["TrainBatches (webdataset shards, memory-mapped)"])
+        wait_batch = ACCUMULATION * micro
         plain = data_wait(TrainBatches(samples, SEED, micro, wait_batch, 0, 1))
         prefetched = data_wait(PrefetchBatches(TrainBatches(samples, SEED, micro, wait_batch, 0, 1)))
         report_wait(wait_batch, plain, prefetched)
 
 
-def report(num_samples: int, sample_length: int, micro: int, memmap: float, ours: float) -> None:
-    print(f"{num_samples} samples of {sample_length} tokens, micro-batches of {micro}, one epoch, best of {PASSES}\n")
-    print("| reader | M tokens/s | vs memmap |")
-    print("|---|---:|---:|")
-    print(f"| numpy.memmap of a flat token file | {memmap / 1e6:.1f} | 1.00 |")
-    print(f"| TrainBatches (webdataset shards, memory-mapped) | {ours / 1e6:.1f} | {ours / memmap:.2f} |")
+def report(accumulation: int, rates: dict[str, float]) -> None:
+    per_micro, per_batch = list(rates.values())[:2]
+    for name, rate in rates.items():
+        print(f"| {accumulation} | {name} | {rate / 1e6:.1f} | {rate / per_micro:.2f} | {rate / per_batch:.2f} |")
+
+
+def report_consumers(ours: float) -> None:
     print("\n| consumer | loader time per step / step time |")
     print("|---|---:|")
     for name, rate in CONSUMERS.items():

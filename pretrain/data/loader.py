@@ -6,7 +6,6 @@ and data-parallel rank r of dp takes indices r, r + dp, ... of each global batch
 resumed run, even on another dp size, reads exactly the samples an uninterrupted one would.
 """
 
-import bisect
 import collections
 import functools
 import operator
@@ -23,21 +22,26 @@ from pretrain.errors import ConfigError
 # Shards mapped at once per ShardedSamples (memory maps: reads share no file position, and a
 # sample is a view of the page cache until a batch copies it).
 MAX_OPEN_SHARDS = 64
-# gather() copies each shard's rows with one fancy index when it reads at least this many rows per
-# shard on average, and joins the rows' bytes otherwise: numpy's fixed cost per fancy index (and
-# per boolean mask) is worth it from about 20 rows per shard (measured with 2,049-token samples).
-ROWS_PER_FANCY_INDEX = 20
 
 
-class _ShardLayout(NamedTuple):
-    """How a shard's samples lie in memory: every one at a fixed stride after the first."""
+class _Span(NamedTuple):
+    """Every mapped shard's samples as rows of one strided view of the address range they lie in.
+
+    Each shard is mapped on its own, but all of them lie in this process's one address space: a
+    [words, sample_length] view whose row w starts 4 * w bytes past the lowest shard's first sample
+    reads any sample of any mapped shard, so a batch is one fancy index, however many shards it
+    touches. Only rows that start at a sample are ever read; the gaps between maps never are.
+    """
 
     rows: np.ndarray
-    """[samples, sample_length] int32, a strided view of the shard's map."""
-    data: memoryview
-    """The same bytes, from the first sample's data on."""
-    stride: int
-    """Bytes from one sample's data to the next."""
+    shards: frozenset[int]
+    """The shards it covers; it is rebuilt whenever a shard is mapped or dropped."""
+    word_base: np.ndarray
+    """Per shard: the row of global sample i of that shard is word_base[shard] + i * row_words[shard]."""
+    row_words: np.ndarray
+    """Per shard: 4-byte words from one sample to the next."""
+    covered: tuple[np.ndarray, ...]
+    """The covered shards' own views: while the span is in use, no map it reads can be unmapped."""
 
 
 class ShardedSamples:
@@ -57,7 +61,8 @@ class ShardedSamples:
         # Offsets are found per shard on first use: constructing costs no shard reads.
         self._offsets: list[np.ndarray | None] = [None] * len(shards)
         self._maps: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
-        self._layouts: dict[int, _ShardLayout] = {}
+        self._rows: dict[int, np.ndarray] = {}  # per mapped shard: its [samples, sample_length] view
+        self._span: _Span | None = None
 
     def __len__(self) -> int:
         return self._size
@@ -78,53 +83,50 @@ class ShardedSamples:
         """Samples [len(indices), sample_length] copied out of the shards' maps in one array.
 
         Every sample of a shard is a tar member of the same size, so the samples lie at a fixed
-        stride and a shard reads as a strided [samples, sample_length] view of its map: one fancy
-        index per shard copies its rows when there are many per shard, else each row is a slice of
-        the map and one join copies them all. `out` (any integer dtype, e.g. int64: rows are
-        widened as they land) receives them, in the order of `indices`.
+        stride and all mapped shards read through one strided view (_Span): one fancy index copies
+        the batch. `out` (any integer dtype, e.g. int64: rows are widened as they land) receives
+        them, in the order of `indices`.
         """
-        if len(indices) < ROWS_PER_FANCY_INDEX * len(self.paths):  # few rows per shard of the split
-            rows = self._join_rows(indices.tolist() if isinstance(indices, np.ndarray) else list(indices))
-            if out is None:
-                return rows
-            out[:] = rows
-            return out
         indices = np.asarray(indices, dtype=np.int64)
-        if out is None:
-            out = np.empty((len(indices), self.sample_length), dtype="<i4")
         shards = np.searchsorted(self.starts, indices, side="right") - 1  # -1 or len(paths): out of range
-        first, last = int(shards.min()), int(shards.max())
-        if first < 0 or last >= len(self.paths):
+        touched = set(shards.tolist())
+        if -1 in touched or len(self.paths) in touched:
             raise self._out_of_range(int(indices[(indices < 0) | (indices >= self._size)][0]))
-        rows = indices - self.starts[shards]
-        for shard in np.unique(shards).tolist():  # one fancy index per shard read; out keeps the order of indices
-            where = shards == shard
-            out[where] = self._layout(shard).rows[rows[where]]
+        if len(touched) > MAX_OPEN_SHARDS:  # more shards than stay mapped at once: a part at a time
+            if out is None:
+                out = np.empty((len(indices), self.sample_length), dtype="<i4")
+            for part in range(0, len(indices), MAX_OPEN_SHARDS):
+                self.gather(indices[part : part + MAX_OPEN_SHARDS], out[part : part + MAX_OPEN_SHARDS])
+            return out
+        span = self._span_over(touched)
+        rows = span.rows[span.word_base[shards] + indices * span.row_words[shards]]
+        if out is None:
+            return rows
+        out[:] = rows
         return out
 
-    def _join_rows(self, indices: list[int]) -> np.ndarray:
-        # Slicing a memoryview copies nothing, and one join copies every row: per row this costs
-        # less than numpy's fixed cost per fancy index.
-        row_bytes, starts, layouts, parts = 4 * self.sample_length, self._start_list, self._layouts, []
-        for index in indices:
-            if not 0 <= index < self._size:
-                raise self._out_of_range(index)
-            shard = bisect.bisect_right(starts, index) - 1
-            layout = layouts.get(shard) or self._layout(shard)
-            start = (index - starts[shard]) * layout.stride
-            parts.append(layout.data[start : start + row_bytes])
-        return np.frombuffer(bytearray().join(parts), dtype="<i4").reshape(len(parts), self.sample_length)
+    def _span_over(self, shards: set[int]) -> _Span:
+        """A _Span that covers `shards` (mapping them first)."""
+        if self._span is None or not shards <= self._span.shards:
+            for shard in shards & self._maps.keys():  # most recently used: mapping the others drops none of them
+                self._maps.move_to_end(shard)
+            for shard in shards:
+                self._shard_rows(shard)
+            self._span = _span(self._rows, self.starts, self.sample_length)
+        return self._span
 
     def _out_of_range(self, index: int) -> IndexError:
         return IndexError(f"sample {index} out of range for {self._size} {self.split} samples")
 
-    def _layout(self, shard: int) -> _ShardLayout:
-        if shard not in self._layouts:
+    def _shard_rows(self, shard: int) -> np.ndarray:
+        """The shard's samples as a read-only [samples, sample_length] int32 view of its map."""
+        if shard not in self._rows:
+            self._span = None  # it may not cover the new map, or covers one about to be dropped
             data, stride = self._shard_bytes(shard)
-            rows = np.lib.stride_tricks.as_strided(data.view("<i4"), shape=(len(self._shard_offsets(shard)),
-                                                   self.sample_length), strides=(stride, 4), writeable=False)
-            self._layouts[shard] = _ShardLayout(rows, memoryview(data), stride)
-        return self._layouts[shard]
+            self._rows[shard] = np.lib.stride_tricks.as_strided(
+                data.view("<i4"), shape=(len(self._shard_offsets(shard)), self.sample_length),
+                strides=(stride, 4), writeable=False)
+        return self._rows[shard]
 
     def _shard_bytes(self, shard: int) -> tuple[np.ndarray, int]:
         """The shard's bytes from its first sample's data on, and the stride of its samples."""
@@ -154,19 +156,21 @@ class ShardedSamples:
             return self._maps[shard]
         if len(self._maps) >= MAX_OPEN_SHARDS:
             evicted, _ = self._maps.popitem(last=False)  # unmapped once no sample view refers to it
-            self._layouts.pop(evicted, None)
+            self._rows.pop(evicted, None)
+            self._span = None
         self._maps[shard] = np.memmap(self.paths[shard], dtype=np.uint8, mode="r")
         return self._maps[shard]
 
     def close(self) -> None:
         """Drop the shard maps (reads map them again)."""
         self._maps.clear()
-        self._layouts.clear()
+        self._rows.clear()
+        self._span = None
 
     def __getstate__(self):
         # Memory maps do not travel to another process; offsets do.
         state = self.__dict__.copy()
-        state["_maps"], state["_layouts"] = collections.OrderedDict(), {}
+        state["_maps"], state["_rows"], state["_span"] = collections.OrderedDict(), {}, None
         return state
 
 
@@ -203,6 +207,23 @@ def _npy_header_length(path: Path, member: tarfile.TarInfo, sample_length: int) 
     return header
 
 
+def _span(shard_rows: dict[int, np.ndarray], starts: np.ndarray, sample_length: int) -> _Span:
+    """One view over every array of `shard_rows` (each [samples, sample_length] int32, 4-byte aligned)."""
+    address = {shard: rows.__array_interface__["data"][0] for shard, rows in shard_rows.items()}
+    lowest = min(address, key=address.get)
+    end = max(address[shard] + rows.strides[0] * (len(rows) - 1) for shard, rows in shard_rows.items())
+    word_base, row_words = np.zeros(len(starts) - 1, dtype=np.int64), np.zeros(len(starts) - 1, dtype=np.int64)
+    for shard, rows in shard_rows.items():
+        first, step = divmod(address[shard] - address[lowest], 4), divmod(rows.strides[0], 4)
+        if first[1] or step[1]:
+            raise ValueError(f"shard {shard}'s samples are not 4-byte aligned")  # never for npy data in a tar
+        row_words[shard] = step[0]
+        word_base[shard] = first[0] - int(starts[shard]) * step[0]
+    view = np.lib.stride_tricks.as_strided(shard_rows[lowest], shape=((end - address[lowest]) // 4 + 1, sample_length),
+                                           strides=(4, 4), writeable=False)
+    return _Span(view, frozenset(shard_rows), word_base, row_words, tuple(shard_rows.values()))
+
+
 def sample_order(num_samples: int, seed: int, epoch: int) -> np.ndarray:
     """The order in which one epoch visits the samples: a permutation seeded by (seed, epoch)."""
     return np.random.default_rng((seed, epoch)).permutation(num_samples)
@@ -222,11 +243,18 @@ def global_sample_id(index: int, num_samples: int, seed: int) -> int:
     return int(_cached_order(num_samples, seed, epoch)[position])
 
 
-def global_sample_ids(indices: np.ndarray, num_samples: int, seed: int) -> np.ndarray:
-    """global_sample_id of each of ascending `indices`, as one int64 array."""
+def global_sample_ids(indices: range | np.ndarray, num_samples: int, seed: int) -> np.ndarray:
+    """global_sample_id of each of ascending `indices`, as one int64 array.
+
+    A range within one epoch reads as a slice of that epoch's order (a copy of it, no fancy index).
+    """
     first, last = int(indices[0]) // num_samples, int(indices[-1]) // num_samples
     if first == last:
-        return _cached_order(num_samples, seed, first)[indices - first * num_samples]
+        order, offset = _cached_order(num_samples, seed, first), first * num_samples
+        if isinstance(indices, range):
+            return order[indices.start - offset : indices.stop - offset : indices.step].copy()
+        return order[indices - offset]
+    indices = np.asarray(indices)
     ids = np.empty(len(indices), dtype=np.int64)
     # A batch straddles an epoch boundary (or, with a tiny split, several): each part reads its epoch.
     bounds = np.searchsorted(indices, np.arange(first + 1, last + 1) * num_samples).tolist()
@@ -276,10 +304,10 @@ class TrainBatches:
 
         A pure function of `start` (no state changes), so a background thread may prepare one.
         """
-        indices = np.arange(start + self.dp_rank, start + self.global_batch_size, self.dp_size)
+        indices = range(start + self.dp_rank, start + self.global_batch_size, self.dp_size)
         return _micro_batches(self.samples, self._sample_ids(indices), self.micro_batch_size, self.pin_memory)
 
-    def _sample_ids(self, indices: np.ndarray) -> np.ndarray:
+    def _sample_ids(self, indices: range) -> np.ndarray:
         # A Mixture (pretrain.data.mixture) maps indices itself, with the seed it was built with.
         if hasattr(self.samples, "sample_ids"):
             return self.samples.sample_ids(indices)
@@ -332,16 +360,22 @@ def valid_batches(samples: ShardedSamples, num_samples: int, micro_batch_size: i
 
 def _micro_batches(samples: ShardedSamples, ids: np.ndarray, micro_batch_size: int,
                    pin_memory: bool = False) -> list[dict]:
-    """All of `ids` read at once into one int64 tensor (as the step takes them), split into micro-batches."""
-    shape = (len(ids), samples.sample_length)
-    # The step takes int64 ids: the rows are widened as they land in one array, no copy after.
+    """All of `ids` read at once into one int64 tensor (as the step takes them), split into micro-batches.
+
+    A micro-batch is {"tokens": [micro, sample_length] int64 tensor, "sample_ids": list of ints}.
+    """
+    rows = torch.from_numpy(samples.gather(ids))
+    # The step takes int64 ids. torch widens int32 about 1.5x faster than numpy from 64 samples on.
     if pin_memory:
-        tokens = torch.empty(shape, dtype=torch.long, pin_memory=True)
-        samples.gather(ids, out=tokens.numpy())
+        tokens = torch.empty(rows.shape, dtype=torch.long, pin_memory=True).copy_(rows)
     else:
-        tokens = torch.from_numpy(samples.gather(ids, out=np.empty(shape, dtype=np.int64)))
-    sample_ids = torch.from_numpy(np.asarray(ids, dtype=np.int64))
-    if len(ids) <= micro_batch_size:  # one micro-batch: no slicing (a tensor view costs about a microsecond)
-        return [{"tokens": tokens, "sample_ids": sample_ids}]
-    return [{"tokens": tokens[k : k + micro_batch_size], "sample_ids": sample_ids[k : k + micro_batch_size]}
-            for k in range(0, len(ids), micro_batch_size)]
+        tokens = rows.long()
+    ids = ids.tolist()
+    if len(ids) <= micro_batch_size:  # one micro-batch: no split (a tensor view costs about a microsecond)
+        return [{"tokens": tokens, "sample_ids": ids}]
+    starts = range(0, len(ids), micro_batch_size)
+    if len(ids) % micro_batch_size:  # a short last micro-batch (validation)
+        parts = tokens.split(micro_batch_size)
+    else:  # one call makes every view: about half the cost of split's
+        parts = tokens.view(-1, micro_batch_size, samples.sample_length).unbind()
+    return [{"tokens": part, "sample_ids": ids[k : k + micro_batch_size]} for k, part in zip(starts, parts)]

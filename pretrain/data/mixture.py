@@ -62,9 +62,31 @@ class Mixture:
         dataset, sample = self.locate(index)
         return dataset << ID_SHIFT | sample
 
-    def sample_ids(self, indices: np.ndarray) -> np.ndarray:
-        """sample_id of each index, as one int64 array."""
-        return np.array([self.sample_id(index) for index in indices.tolist()], dtype=np.int64)
+    def sample_ids(self, indices) -> np.ndarray:
+        """sample_id of each of `indices` (a range or an int64 array), as one int64 array."""
+        indices = np.asarray(indices, dtype=np.int64)
+        datasets, draws = self._draws(indices)
+        ids = np.empty_like(indices)
+        for dataset, samples in enumerate(self.datasets):
+            mine = datasets == dataset
+            epochs, offsets = np.divmod(draws[mine], len(samples))
+            picked = np.empty_like(offsets)
+            for epoch in np.unique(epochs).tolist():  # one, or two across an epoch's end
+                now = epochs == epoch
+                picked[now] = _dataset_order(len(samples), self.seed, dataset, epoch)[offsets[now]]
+            ids[mine] = dataset << ID_SHIFT | picked
+        return ids
+
+    def _draws(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The dataset each index reads, and which draw of that dataset overall it is (as locate)."""
+        blocks, positions = np.divmod(indices, BLOCK)
+        datasets, draws = np.empty_like(indices), np.empty_like(indices)
+        for block in np.unique(blocks).tolist():  # a global batch spans one block or two
+            here = blocks == block
+            pattern, ranks = _block_pattern(self.seed, tuple(self.shares), block)
+            datasets[here] = pattern[positions[here]]
+            draws[here] = block * self.shares[datasets[here]] + ranks[positions[here]]
+        return datasets, draws
 
     def __getitem__(self, sample_id: int) -> np.ndarray:
         return self.datasets[sample_id >> ID_SHIFT][sample_id & SAMPLE_MASK]

@@ -140,7 +140,7 @@ class Trainer:
             self.engine.backward(loss)
             self._progress(index)
             losses.append(loss.detach().float())
-            sample_ids += micro_batch["sample_ids"].tolist()
+            sample_ids += micro_batch["sample_ids"]
             skip = False
             if last:
                 kill_point("optimizer", self.step + 1)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from pretrain.data import loader
 from pretrain.data.loader import (
-    ROWS_PER_FANCY_INDEX,
     ShardedSamples,
     TrainBatches,
     global_sample_id,
@@ -27,7 +27,7 @@ def train(dataset_dir):
 
 
 def flat_ids(micro_batches):
-    return torch.cat([mb["sample_ids"] for mb in micro_batches]).tolist()
+    return [sample_id for mb in micro_batches for sample_id in mb["sample_ids"]]
 
 
 def test_random_access_matches_sequential_reads(train):
@@ -67,16 +67,18 @@ def test_global_sample_id_wraps_into_the_next_epoch():
 
 
 def test_global_sample_ids_are_the_per_index_ids():
-    for indices in (np.arange(3, 9), np.arange(5, 47, 3), np.arange(0, 100)):  # one epoch; several; ten
-        expected = [global_sample_id(int(i), 10, seed=3) for i in indices]
+    # One epoch; several; ten; the last index of an epoch; a range whose stop passes the epoch's end.
+    for indices in (range(3, 9), range(5, 47, 3), range(0, 100), range(19, 20), range(12, 21, 4)):
+        expected = [global_sample_id(i, 10, seed=3) for i in indices]
         assert global_sample_ids(indices, 10, seed=3).tolist() == expected
+        assert global_sample_ids(np.arange(indices.start, indices.stop, indices.step), 10, seed=3).tolist() == expected
 
 
 def test_gather_is_the_per_sample_reads_across_shards(train):
     assert len(train.paths) >= 3
     rng = np.random.default_rng(1)
     last_of_first = int(train.starts[1]) - 1
-    many = ROWS_PER_FANCY_INDEX * len(train.paths)  # enough rows per shard for one fancy index each
+    many = 200
     for indices in ([last_of_first, last_of_first + 1, 0, len(train) - 1, 0],  # both sides of a boundary
                     rng.integers(0, len(train), size=many),
                     rng.integers(int(train.starts[1]), int(train.starts[2]), size=many),  # one shard
@@ -90,6 +92,19 @@ def test_gather_is_the_per_sample_reads_across_shards(train):
     for bad in ([0, len(train)], [-1, 3], [*range(many), len(train) + 5]):
         with pytest.raises(IndexError, match=f"sample {bad[0] if bad[0] < 0 else bad[-1]} out of range"):
             train.gather(bad)
+
+
+@pytest.mark.parametrize("open_shards", [1, 2])
+def test_gather_is_right_when_a_batch_touches_more_shards_than_stay_mapped(dataset_dir, monkeypatch, open_shards):
+    monkeypatch.setattr(loader, "MAX_OPEN_SHARDS", open_shards)
+    samples = ShardedSamples(dataset_dir, "train")
+    expected = {i: np.array(samples[i]) for i in range(len(samples))}
+    samples.close()
+    rng = np.random.default_rng(2)
+    for _ in range(5):  # shards mapped and dropped between batches and within one
+        indices = rng.integers(0, len(samples), size=40)
+        np.testing.assert_array_equal(samples.gather(indices), np.stack([expected[int(i)] for i in indices]))
+        assert len(samples._maps) <= open_shards
 
 
 def cut_last_sample(shard):
@@ -127,7 +142,7 @@ def test_batches_are_the_per_sample_reads_across_epochs(train):
             assert flat_ids(micro_batches) == [global_sample_id(i, len(train), 9) for i in indices]
             for micro_batch in micro_batches:
                 assert micro_batch["tokens"].dtype == torch.long and micro_batch["tokens"].shape == (2, 33)
-                expected = np.stack([train[i] for i in micro_batch["sample_ids"].tolist()])
+                expected = np.stack([train[i] for i in micro_batch["sample_ids"]])
                 np.testing.assert_array_equal(micro_batch["tokens"].numpy(), expected)
 
 
@@ -148,7 +163,7 @@ def test_micro_batch_tokens_are_the_samples(train):
     batches = TrainBatches(train, seed=5, micro_batch_size=4, global_batch_size=4, dp_rank=0, dp_size=1)
     [micro_batch] = batches.next_global_batch()
     assert micro_batch["tokens"].dtype == torch.long and micro_batch["tokens"].shape == (4, 33)
-    for row, sample_id in zip(micro_batch["tokens"], micro_batch["sample_ids"].tolist()):
+    for row, sample_id in zip(micro_batch["tokens"], micro_batch["sample_ids"]):
         np.testing.assert_array_equal(row.numpy(), train[sample_id])
 
 

@@ -4,7 +4,6 @@ import collections
 
 import numpy as np
 import pytest
-import torch
 from pipeline import STDLIB
 
 from pretrain.data.clean import clean_corpus
@@ -49,6 +48,13 @@ def test_each_dataset_runs_through_whole_epochs(mixture):
     assert draws[size : 2 * size] != draws[:size]
 
 
+def test_sample_ids_are_the_per_index_ids_across_blocks_and_epochs(mixture):
+    smallest = min(len(samples) for samples in mixture.datasets)
+    for indices in (range(BLOCK - 5, BLOCK + 300, 3), np.arange(0, 3 * smallest + 7), range(4, 5)):
+        expected = [mixture.sample_id(int(i)) for i in indices]
+        assert mixture.sample_ids(indices).tolist() == expected
+
+
 def test_first_dataset_follows_its_single_dataset_order(mixture):
     ids = [mixture.sample_id(i) for i in range(3000)]
     own = [s for s in ids if s >> ID_SHIFT == 0][:50]
@@ -56,7 +62,7 @@ def test_first_dataset_follows_its_single_dataset_order(mixture):
 
 
 def ids_of(batches, steps):
-    return [torch.cat([mb["sample_ids"] for mb in batches.next_global_batch()]).tolist() for _ in range(steps)]
+    return [[i for mb in batches.next_global_batch() for i in mb["sample_ids"]] for _ in range(steps)]
 
 
 def test_resume_across_a_mixture_is_exact_on_any_dp_size(mixture):
@@ -78,7 +84,7 @@ def test_resume_across_a_mixture_is_exact_on_any_dp_size(mixture):
 
 def test_batches_read_the_located_samples(mixture):
     batch = TrainBatches(mixture, 17, 4, 4, 0, 1).next_global_batch()[0]
-    for row, sample_id in zip(batch["tokens"], batch["sample_ids"].tolist()):
+    for row, sample_id in zip(batch["tokens"], batch["sample_ids"]):
         dataset, sample = sample_id >> ID_SHIFT, sample_id & ((1 << ID_SHIFT) - 1)
         np.testing.assert_array_equal(row.numpy(), mixture.datasets[dataset][sample])
 
