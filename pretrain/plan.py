@@ -46,8 +46,8 @@ from pretrain.monitor.mfu import GPU_MEMORY_GIB, PEAK_FLOPS, peak_flops
 GiB = 2**30
 CHECKPOINTING = ("none", "selective", "full")
 RECOMPUTE_COST = {"none": 1.0, "selective": 1.03, "full": 4 / 3}  # compute per step, relative
-USABLE = 0.9  # of a GPU's memory; the rest is the CUDA context's, NCCL's and fragmentation's
-USUAL_GPUS_PER_NODE = 8
+USABLE = 0.9  # of a GPU's memory (see above)
+USUAL_GPUS_PER_NODE = 8  # HGX/DGX-style nodes, where tensor parallelism up to 8 stays on NVLink
 
 
 @dataclass
