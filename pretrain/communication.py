@@ -1,5 +1,5 @@
-"""Communication per training step, from the layout and the model's sizes, and the layout
-`pretrain plan` recommends. Arithmetic only (no torch), like the rest of the plan.
+"""Communication per training step, from the layout and the model's sizes, for `pretrain plan`.
+Arithmetic only (no torch), like the rest of the plan.
 
 Bytes are what one GPU sends per optimizer step with ring collectives: an all-reduce of S
 bytes over n ranks sends 2(n-1)/n·S, a reduce-scatter or an all-gather (n-1)/n·S.
@@ -23,13 +23,6 @@ bound: DeepSpeed overlaps part of the gradient traffic with backward.
 """
 
 from dataclasses import dataclass
-
-GiB = 2**30
-# Memory of one GPU in GiB as the driver reports it; 10% is left to the CUDA context, NCCL's
-# buffers and the allocator's fragmentation.
-GPU_MEMORY_GIB = {"a100_40gb": 40, "a100_80gb": 80, "h100_sxm": 80, "h100_pcie": 80, "h200": 140, "b200": 179}
-USABLE = 0.9
-RECOMPUTE_COST = {"none": 1.0, "selective": 1.03, "full": 4 / 3}  # compute per step, relative
 
 
 def data_parallel_bytes(params_per_gpu: int, grad_bytes: int, dp: int, zero_stage: int, accumulation: int) -> float:
@@ -60,16 +53,6 @@ class Bandwidth:
 
 
 def communication_seconds(dp_bytes: float, tp_bytes: float, dp_spans_nodes: bool, bandwidth: Bandwidth) -> dict:
+    """Seconds each kind of traffic takes over its link, none of it overlapped."""
     dp_link = bandwidth.network if dp_spans_nodes else bandwidth.nvlink
     return {"data_parallel": dp_bytes / dp_link, "tensor_parallel": tp_bytes / bandwidth.nvlink}
-
-
-def fits(memory_total_bytes: float, gpu: str) -> bool | None:
-    """Whether a GPU's usable memory holds it; None for a GPU not in the table."""
-    capacity = GPU_MEMORY_GIB.get(gpu)
-    return None if capacity is None else memory_total_bytes <= USABLE * capacity * GiB
-
-
-def estimated_step_seconds(compute_seconds: float, checkpointing: str, comm: dict) -> float:
-    """Compute (with recomputation) plus communication, none of it overlapped: a ranking, not a forecast."""
-    return compute_seconds * RECOMPUTE_COST[checkpointing] + sum(comm.values())

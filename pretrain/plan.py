@@ -20,8 +20,9 @@ Memory model (per GPU, N = parameters this GPU's model-parallel shard holds, d =
   The formulas are the paper's for 16-bit activations and GPT's 4h MLP with full multi-head
   attention; for a SwiGLU/GQA model they are the standard estimate, not an exact count. The
   5as/h term is the attention scores, which only megatron's unfused attention (model.attention
-  =local) keeps: with SDPA, flash-attn or TE, "none" holds what "selective" does. With
-  pipeline parallelism (1F1B) the first stage holds p micro-batches of L/p layers: L layers' worth.
+  =local) keeps: with SDPA, flash-attn or TE, "none" holds what "selective" does.
+A GPU's memory fits a plan when the total is at most 90% of it: the rest goes to the CUDA
+context, NCCL's buffers and the allocator's fragmentation.
 """
 
 import argparse
@@ -40,10 +41,13 @@ from pretrain.model.flops import (
     router_parameters,
     total_parameters,
 )
-from pretrain.monitor.mfu import PEAK_FLOPS, peak_flops
+from pretrain.monitor.mfu import GPU_MEMORY_GIB, PEAK_FLOPS, peak_flops
 
 GiB = 2**30
 CHECKPOINTING = ("none", "selective", "full")
+RECOMPUTE_COST = {"none": 1.0, "selective": 1.03, "full": 4 / 3}  # compute per step, relative
+USABLE = 0.9  # of a GPU's memory (see above)
+USUAL_GPUS_PER_NODE = 8  # HGX/DGX-style nodes, where tensor parallelism up to 8 stays on NVLink
 
 
 @dataclass
@@ -52,7 +56,6 @@ class Layout:
 
     world_size: int
     tensor: int
-    pipeline: int
     data: int
     micro_batch_size: int
     global_batch_size: int
@@ -61,24 +64,14 @@ class Layout:
 
 def check_layout(cfg: Config, world_size: int, data_parallel_size: int | None = None) -> Layout:
     """The layout's degrees and batch arithmetic, or ConfigError naming the key at fault."""
-    tp, pp = cfg.parallel.tensor_parallel_size, pipeline_size(cfg)
-    if world_size % (tp * pp):
-        raise ConfigError("parallel.tensor_parallel_size",
-                          f"tensor {tp} x pipeline {pp} = {tp * pp} does not divide the world size {world_size}")
-    dp = world_size // (tp * pp)
+    validate(cfg, world_size)  # TP divides the heads, query groups and world; global = micro x dp x accumulation
+    tp = cfg.parallel.tensor_parallel_size
+    dp = world_size // tp
     if data_parallel_size is not None and data_parallel_size != dp:
-        raise ConfigError("--data-parallel-size", f"tensor {tp} x data {data_parallel_size} x pipeline {pp} = "
-                          f"{tp * data_parallel_size * pp}, not the world size {world_size}")
-    if cfg.model.num_layers % pp:
-        raise ConfigError("parallel.pipeline_parallel_size",
-                          f"{pp} does not divide model.num_layers={cfg.model.num_layers}")
-    validate(cfg, world_size // pp)  # heads and query groups by TP, global = micro x dp x accumulation
+        raise ConfigError("--data-parallel-size", f"tensor {tp} x data {data_parallel_size} = "
+                          f"{tp * data_parallel_size}, not the world size {world_size}")
     micro, global_batch = cfg.train.micro_batch_size, cfg.train.global_batch_size
-    return Layout(world_size, tp, pp, dp, micro, global_batch, global_batch // (micro * dp))
-
-
-def pipeline_size(cfg: Config) -> int:
-    return getattr(cfg.parallel, "pipeline_parallel_size", 1)
+    return Layout(world_size, tp, dp, micro, global_batch, global_batch // (micro * dp))
 
 
 def vocab_size(cfg: Config) -> int:
@@ -86,26 +79,23 @@ def vocab_size(cfg: Config) -> int:
     return cfg.model.vocab_size or cfg.data.tokenizer.vocab_size
 
 
-def parameters_per_gpu(cfg: Config, padded_vocab: int, tp: int, pp: int, ep: int = 1) -> int:
-    """Parameters on the fullest GPU: its stage's layers' TP shards, plus the embedding (first stage)
-    and the output layer and final norm (last stage); norms and MoE routers are replicated across TP.
-    With MoE, only 1/ep of each layer's experts (see expert_parameters_per_gpu)."""
+def parameters_per_gpu(cfg: Config, padded_vocab: int, tp: int, ep: int = 1) -> int:
+    """Parameters on one GPU: the layers' TP shards, the embedding's, the output layer's (untied) and
+    the final norm; norms and MoE routers are replicated across TP. With MoE, only 1/ep of each
+    layer's experts (see expert_parameters_per_gpu)."""
     m = cfg.model
     experts, router = expert_parameters(m), router_parameters(m)
     split = layer_matmul_parameters(m) - experts - router
     layer = split // tp + router + experts // (tp * ep) + 2 * m.hidden_size
-    stage_layers = (m.num_layers // pp) * layer
     embedding = padded_vocab * m.hidden_size // tp
-    output = embedding if (m.untie_embeddings_and_output_weights or pp > 1) else 0  # pp > 1: a tied copy
-    if pp == 1:
-        return stage_layers + embedding + output + m.hidden_size
-    return stage_layers + max(embedding, output + m.hidden_size)
+    output = embedding if m.untie_embeddings_and_output_weights else 0
+    return m.num_layers * layer + embedding + output + m.hidden_size
 
 
-def expert_parameters_per_gpu(cfg: Config, tp: int, pp: int, ep: int) -> int:
+def expert_parameters_per_gpu(cfg: Config, tp: int, ep: int) -> int:
     """The experts' part of parameters_per_gpu: ZeRO partitions it over the dp/ep ranks holding the
     same experts, not over the whole data-parallel group."""
-    return (cfg.model.num_layers // pp) * (expert_parameters(cfg.model) // (tp * ep))
+    return cfg.model.num_layers * (expert_parameters(cfg.model) // (tp * ep))
 
 
 def state_bytes(params: int, precision: str, zero_stage: int, dp: int) -> dict[str, float]:
@@ -130,8 +120,14 @@ def activation_bytes_per_layer(s: int, b: int, h: int, a: int, t: int, mode: str
     return sbh * (10 + 24 / t + (attention_scores if mode == "none" else 0))
 
 
+def fits(memory_bytes: float, gpu: str) -> bool | None:
+    """Whether a GPU's usable memory holds it; None for a GPU not in the table."""
+    capacity = GPU_MEMORY_GIB.get(gpu)
+    return None if capacity is None else memory_bytes <= USABLE * capacity * GiB
+
+
 def plan(cfg: Config, world_size: int, gpu: str, mfu: float, checkpointing: str, sequence_parallel: bool = False,
-         data_parallel_size: int | None = None, peak_override: float = 0.0, gpus_per_node: int = 8,
+         data_parallel_size: int | None = None, peak_override: float = 0.0, gpus_per_node: int = USUAL_GPUS_PER_NODE,
          bandwidth: Bandwidth = Bandwidth()) -> dict:
     """Every number `pretrain plan` prints, in a dict (bytes, FLOPs, seconds)."""
     check_choice("--activation-checkpointing", checkpointing, CHECKPOINTING)
@@ -140,8 +136,8 @@ def plan(cfg: Config, world_size: int, gpu: str, mfu: float, checkpointing: str,
     vocab = vocab_size(cfg)
     padded = padded_vocab_size(vocab, m, layout.tensor)
     ep = cfg.parallel.expert_parallel_size
-    per_gpu = parameters_per_gpu(cfg, padded, layout.tensor, layout.pipeline, ep)
-    experts = expert_parameters_per_gpu(cfg, layout.tensor, layout.pipeline, ep)
+    per_gpu = parameters_per_gpu(cfg, padded, layout.tensor, ep)
+    experts = expert_parameters_per_gpu(cfg, layout.tensor, ep)
     shared = state_bytes(per_gpu - experts, precision, cfg.parallel.zero_stage, layout.data)
     expert_state = state_bytes(experts, precision, cfg.parallel.zero_stage, layout.data // ep)
     memory = {part: shared[part] + expert_state[part] for part in shared}
@@ -160,14 +156,14 @@ def plan(cfg: Config, world_size: int, gpu: str, mfu: float, checkpointing: str,
         "data_parallel": communication.data_parallel_bytes(per_gpu, 4 if precision == "fp32" else 2, layout.data,
                                                            cfg.parallel.zero_stage, layout.accumulation),
         "tensor_parallel": communication.tensor_parallel_bytes(layout.micro_batch_size, m.seq_length, m.hidden_size,
-                                                               m.num_layers // layout.pipeline, layout.tensor,
-                                                               layout.accumulation, checkpointing),
+                                                               m.num_layers, layout.tensor, layout.accumulation,
+                                                               checkpointing),
     }
     comm_seconds = communication.communication_seconds(comm_bytes["data_parallel"], comm_bytes["tensor_parallel"],
                                                        world_size > gpus_per_node, bandwidth)
     return {
         "communication_bytes": comm_bytes, "communication_seconds": comm_seconds,
-        "fits": communication.fits(memory["total"], gpu),
+        "fits": fits(memory["total"], gpu),
         "layout": layout, "vocab": vocab, "padded_vocab": padded, "precision": precision,
         "zero_stage": cfg.parallel.zero_stage, "checkpointing": checkpointing, "sequence_parallel": sequence_parallel,
         "parameters": total_parameters(m, padded), "parameters_unpadded": total_parameters(m, vocab),
@@ -181,7 +177,7 @@ def format_plan(p: dict) -> str:
     """The plan as the lines `pretrain plan` prints."""
     lo, mem = p["layout"], p["memory"]
     lines = [
-        f"layout       {lo.world_size} GPUs = tensor {lo.tensor} x pipeline {lo.pipeline} x data {lo.data}; "
+        f"layout       {lo.world_size} GPUs = tensor {lo.tensor} x data {lo.data}; "
         f"ZeRO-{p['zero_stage']}, {p['precision']}",
         f"batch        global {lo.global_batch_size} = micro {lo.micro_batch_size} x data {lo.data} x "
         f"accumulation {lo.accumulation}; {p['tokens_per_step']:,} tokens per step",
@@ -204,11 +200,16 @@ def format_plan(p: dict) -> str:
                  f"({seconds['data_parallel']:.3g} s), tensor parallel {sent['tensor_parallel'] / GiB:.2f} GiB "
                  f"({seconds['tensor_parallel']:.3g} s), not overlapped")
     if p["fits"] is not None:
-        capacity = communication.GPU_MEMORY_GIB[p["gpu"]]
+        capacity = GPU_MEMORY_GIB[p["gpu"]]
         verdict = "yes" if p["fits"] else "no"
-        lines.append(f"fits         {verdict}: {mem['total'] / GiB:.2f} GiB of {communication.USABLE * capacity:.0f} "
-                     f"usable on a {p['gpu']} ({capacity} GiB, 10% kept for CUDA, NCCL and fragmentation)")
+        lines.append(f"fits         {verdict}: {mem['total'] / GiB:.2f} GiB of {USABLE * capacity:.0f} "
+                     f"usable on a {p['gpu']} ({capacity} GiB, {1 - USABLE:.0%} kept for CUDA, NCCL and fragmentation)")
     return "\n".join(lines)
+
+
+def estimated_step_seconds(compute_seconds: float, checkpointing: str, comm: dict) -> float:
+    """Compute (with recomputation) plus communication, none of it overlapped: a ranking, not a forecast."""
+    return compute_seconds * RECOMPUTE_COST[checkpointing] + sum(comm.values())
 
 
 def recommend(cfg: Config, world_size: int, gpu: str, mfu: float, gpus_per_node: int,
@@ -226,8 +227,7 @@ def recommend(cfg: Config, world_size: int, gpu: str, mfu: float, gpus_per_node:
                 continue  # TP does not divide the heads, the batch arithmetic breaks, ...
             if not p["fits"] or not p["step_time"]:
                 continue
-            p["estimated_step_time"] = communication.estimated_step_seconds(p["step_time"], checkpointing,
-                                                                            p["communication_seconds"])
+            p["estimated_step_time"] = estimated_step_seconds(p["step_time"], checkpointing, p["communication_seconds"])
             if best is None or p["estimated_step_time"] < best["estimated_step_time"]:
                 best = p
     return best
@@ -246,7 +246,7 @@ def format_recommendation(p: dict | None) -> str:
     if p is None:
         return "recommended  nothing fits (or the GPU's peak or memory is unknown): more GPUs, a smaller micro batch"
     lo, comm = p["layout"], sum(p["communication_seconds"].values())
-    compute = p["step_time"] * communication.RECOMPUTE_COST[p["checkpointing"]]
+    compute = p["step_time"] * RECOMPUTE_COST[p["checkpointing"]]
     return (f"recommended  tensor {lo.tensor}, ZeRO-{p['zero_stage']}, checkpointing {p['checkpointing']}"
             f"{', sequence parallel' if p['sequence_parallel'] else ''}: {p['memory']['total'] / GiB:.1f} GiB per GPU, "
             f"about {p['estimated_step_time']:.3g} s per step (compute {compute:.3g} + communication {comm:.3g})")
@@ -256,10 +256,11 @@ def add_options(sub: argparse.ArgumentParser) -> None:
     """The `pretrain plan` options beyond the Hydra overrides."""
     sub.add_argument("--nodes", type=int, default=None, help="Nodes (default: cluster.nodes).")
     sub.add_argument("--gpus-per-node", type=int, default=None,
-                     help="GPUs per node (default: cluster.gpus_per_node, else parallel.nproc_per_node).")
+                     help="GPUs per node (default: cluster.gpus_per_node, else parallel.nproc_per_node "
+                          "when above 1, else 8).")
     sub.add_argument("--world-size", type=int, default=None, help="Total GPUs (instead of nodes x GPUs per node).")
     sub.add_argument("--data-parallel-size", type=int, default=None,
-                     help="Check that tensor x data x pipeline equals the world size.")
+                     help="Check that tensor x data equals the world size.")
     sub.add_argument("--gpu", default="h100_sxm", choices=sorted(PEAK_FLOPS), help="GPU type for the peak FLOP/s.")
     sub.add_argument("--peak-flops", type=float, default=0.0, help="Peak FLOP/s of one GPU (instead of --gpu's).")
     sub.add_argument("--mfu", type=float, default=0.4, help="Model FLOPs utilization to assume (default 0.4).")
@@ -281,14 +282,24 @@ def _config_value(cfg: Config, name: str, default):
     return default
 
 
-def gpus_per_node_of(cfg: Config, args) -> int:
-    return args.gpus_per_node or cfg.cluster.gpus_per_node or cfg.parallel.nproc_per_node
+def gpus_per_node_of(cfg: Config, args) -> tuple[int, str]:
+    """GPUs per node and where the number comes from: --gpus-per-node, else the cluster profile's,
+    else parallel.nproc_per_node above 1, else the usual 8 (nproc_per_node's default of 1 is no
+    statement about the nodes, and would keep the recommendation from trying tensor parallelism)."""
+    if args.gpus_per_node is not None:
+        if args.gpus_per_node <= 0:
+            raise ConfigError("--gpus-per-node", f"must be > 0, got {args.gpus_per_node}")
+        return args.gpus_per_node, "from --gpus-per-node"
+    if cfg.cluster.gpus_per_node:
+        return cfg.cluster.gpus_per_node, "from cluster.gpus_per_node"
+    if cfg.parallel.nproc_per_node > 1:
+        return cfg.parallel.nproc_per_node, "from parallel.nproc_per_node"
+    return USUAL_GPUS_PER_NODE, ("assumed, the usual node: no --gpus-per-node, cluster.gpus_per_node "
+                                 "or parallel.nproc_per_node above 1")
 
 
-def world_size_of(cfg: Config, args) -> int:
-    if args.world_size:
-        return args.world_size
-    return (args.nodes or cfg.cluster.nodes) * gpus_per_node_of(cfg, args)
+def world_size_of(cfg: Config, args, gpus_per_node: int) -> int:
+    return args.world_size or (args.nodes or cfg.cluster.nodes) * gpus_per_node
 
 
 def run(cfg: Config, args) -> int:
@@ -297,14 +308,15 @@ def run(cfg: Config, args) -> int:
         raise ConfigError("--mfu", f"must be in (0, 1], got {args.mfu}")
     checkpointing = args.activation_checkpointing or _config_value(cfg, "activation_checkpointing", "none")
     sequence_parallel = args.sequence_parallel or bool(_config_value(cfg, "sequence_parallel", False))
-    world_size = world_size_of(cfg, args)
+    per_node, source = gpus_per_node_of(cfg, args)
+    world_size = world_size_of(cfg, args, per_node)
     if world_size <= 0:
         raise ConfigError("--world-size", f"must be > 0, got {world_size}")
     if args.nvlink_gbs <= 0 or args.network_gbs <= 0:
         raise ConfigError("--nvlink-gbs" if args.nvlink_gbs <= 0 else "--network-gbs", "must be > 0")
     bandwidth = Bandwidth(args.nvlink_gbs * 1e9, args.network_gbs * 1e9)
-    per_node = gpus_per_node_of(cfg, args)
-    print(format_plan(plan(cfg, world_size, args.gpu, args.mfu, checkpointing, sequence_parallel,
-                           args.data_parallel_size, args.peak_flops, per_node, bandwidth)))
+    lines = format_plan(plan(cfg, world_size, args.gpu, args.mfu, checkpointing, sequence_parallel,
+                             args.data_parallel_size, args.peak_flops, per_node, bandwidth))
+    print(f"GPUs/node    {per_node} ({source})\n{lines}")
     print(format_recommendation(recommend(cfg, world_size, args.gpu, args.mfu, per_node, bandwidth, args.peak_flops)))
     return 0

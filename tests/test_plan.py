@@ -1,5 +1,7 @@
 """`pretrain plan`: a 70B layout on 1,024 GPUs checked by hand, bad layouts, counts of real models."""
 
+import argparse
+import re
 import subprocess
 import sys
 
@@ -10,7 +12,7 @@ from dist_utils import single_process_group, spawn
 from pretrain.config import compose_config
 from pretrain.model.config import ModelConfig
 from pretrain.model.flops import padded_vocab_size, total_parameters
-from pretrain.plan import parameters_per_gpu, plan
+from pretrain.plan import estimated_step_seconds, gpus_per_node_of, parameters_per_gpu, plan, recommend
 
 GiB = 2**30
 LLAMA_70B = ["experiment=llama_70b_128node"]  # 128 nodes x 8, TP=8, ZeRO-1, bf16, micro 1, global 1024
@@ -26,7 +28,8 @@ def pretrain_plan(*args) -> subprocess.CompletedProcess:
 def test_70b_on_1024_gpus_matches_hand_arithmetic():
     result = pretrain_plan(*LLAMA_70B, "--activation-checkpointing", "selective", "--gpu", "h100_sxm", "--mfu", "0.4")
     assert result.returncode == 0, result.stderr
-    assert "1024 GPUs = tensor 8 x pipeline 1 x data 128; ZeRO-1, bf16" in result.stdout
+    assert "GPUs/node    8 (from cluster.gpus_per_node)" in result.stdout
+    assert "layout       1024 GPUs = tensor 8 x data 128; ZeRO-1, bf16" in result.stdout
     assert "global 1024 = micro 1 x data 128 x accumulation 8; 8,388,608 tokens per step" in result.stdout
 
     p = plan(compose_config(LLAMA_70B), 1024, "h100_sxm", 0.4, "selective")
@@ -67,8 +70,9 @@ def test_checkpointing_modes_and_zero_stages_change_memory_as_the_formulas_say()
 
 @pytest.mark.parametrize("args, expected", [
     (["parallel.tensor_parallel_size=16"], "tensor_parallel_size: 16 does not divide model.num_query_groups=8"),
-    (["parallel.tensor_parallel_size=3"], "parallel.tensor_parallel_size: tensor 3 x pipeline 1 = 3 does not divide"),
-    (["--data-parallel-size", "64"], "--data-parallel-size: tensor 8 x data 64 x pipeline 1 = 512, not the world"),
+    (["--world-size", "1020"], "parallel.tensor_parallel_size: 8 does not divide the world size 1020"),
+    (["--data-parallel-size", "64"], "--data-parallel-size: tensor 8 x data 64 = 512, not the world size 1024"),
+    (["--gpus-per-node", "0"], "--gpus-per-node: must be > 0, got 0"),
     (["--world-size", "1000"], "train.global_batch_size: 1024 is not divisible by micro_batch_size x data-parallel"),
 ])
 def test_a_bad_layout_is_one_line_naming_the_key_and_exit_2(args, expected):
@@ -108,7 +112,7 @@ def _70b_shard_parameters() -> int:
 
 def test_per_gpu_parameters_equal_a_real_70b_shard_at_tp8():
     cfg = compose_config(LLAMA_70B)
-    assert spawn(_70b_shard_parameters, 1, init_process_group=False) == [parameters_per_gpu(cfg, 129_024, 8, 1)]
+    assert spawn(_70b_shard_parameters, 1, init_process_group=False) == [parameters_per_gpu(cfg, 129_024, 8)]
 
 
 def test_communication_per_step_follows_the_ring_arithmetic():
@@ -128,9 +132,6 @@ def test_communication_per_step_follows_the_ring_arithmetic():
 
 
 def test_70b_plan_prints_traffic_and_recommends_a_layout_that_fits():
-    from pretrain.communication import estimated_step_seconds
-    from pretrain.plan import recommend
-
     cfg = compose_config(LLAMA_70B)
     p = plan(cfg, 1024, "h100_sxm", 0.4, "none", sequence_parallel=True)
     dp_bytes = 2 * 127 / 128 * 2 * p["parameters_per_gpu"]  # ZeRO-1, bf16 gradients
@@ -151,11 +152,33 @@ def test_70b_plan_prints_traffic_and_recommends_a_layout_that_fits():
 
 
 def test_a_small_model_is_recommended_no_tensor_parallelism():
-    from pretrain.plan import recommend
-
     cfg = compose_config(["model=llama_1b", "train.micro_batch_size=4", "train.global_batch_size=256"])
     best = recommend(cfg, 8, "h100_sxm", 0.4, gpus_per_node=8)
     assert (best["layout"].tensor, best["zero_stage"], best["checkpointing"]) == (1, 1, "none")
+
+
+def test_gpus_per_node_comes_from_the_flag_the_profile_nproc_above_1_else_8():
+    def of(overrides, flag=None):
+        return gpus_per_node_of(compose_config(overrides), argparse.Namespace(gpus_per_node=flag))
+
+    assert of([], flag=2) == (2, "from --gpus-per-node")
+    assert of(["cluster=h100_ib", "parallel.nproc_per_node=4"]) == (8, "from cluster.gpus_per_node")
+    assert of(["parallel.nproc_per_node=4"]) == (4, "from parallel.nproc_per_node")
+    count, source = of([])  # the local profile sets no GPUs; nproc_per_node is its default 1
+    assert count == 8 and source.startswith("assumed")
+
+
+def test_without_a_profile_a_70b_model_is_recommended_tensor_parallelism():
+    # 70B on 16 nodes: at TP=1 its bf16 weights and gradients alone are 263 GiB per GPU.
+    result = pretrain_plan("model=llama_70b", "train.micro_batch_size=1", "--nodes", "16")
+    assert result.returncode == 0, result.stderr
+    assert "GPUs/node    8 (assumed, the usual node" in result.stdout
+    assert "layout       128 GPUs = tensor 1 x data 128" in result.stdout
+    tensor = re.search(r"recommended  tensor (\d+),", result.stdout)
+    assert tensor and int(tensor.group(1)) > 1, result.stdout
+    # At one GPU per node the recommendation can try TP=1 only.
+    one = pretrain_plan("model=llama_70b", "train.micro_batch_size=1", "--world-size", "128", "--gpus-per-node", "1")
+    assert "GPUs/node    1 (from --gpus-per-node)" in one.stdout and "recommended  tensor 1," in one.stdout
 
 
 # 8 experts of the tiny MoE model, split over 4 ranks, with TP=2 and sequence parallelism, on 16 GPUs.
@@ -190,7 +213,7 @@ def test_expert_parallelism_divides_the_experts_and_their_zero_partition():
     assert spawn(_moe_shard_parameters, 1, init_process_group=False) == [p["parameters_per_gpu"]]
     h, experts_per_gpu = 64, 2  # 8 experts over 4 ranks
     expert = 3 * h * 96 // 2  # SwiGLU of moe.ffn_hidden_size 96, TP=2
-    assert p["parameters_per_gpu"] - parameters_per_gpu(cfg, p["padded_vocab"], 2, 1, ep=1) == \
+    assert p["parameters_per_gpu"] - parameters_per_gpu(cfg, p["padded_vocab"], 2, ep=1) == \
         -2 * (8 - experts_per_gpu) * expert  # 2 layers, 6 of 8 experts elsewhere
     experts = 2 * experts_per_gpu * expert
     # bf16 Adam state (12 bytes): the shared weights over 8 data-parallel ranks, the experts over 8 / 4 = 2.

@@ -1,4 +1,5 @@
-"""Model FLOPs utilization: achieved model FLOP/s over the devices' peak.
+"""Model FLOPs utilization: achieved model FLOP/s over the devices' peak; the per-GPU hardware
+facts (peak FLOP/s, memory) it and `pretrain plan` read.
 
 Peaks are NVIDIA's spec-sheet dense numbers (the "with sparsity" figures are twice these)
 for the SXM parts unless named otherwise. MFU counts the model's FLOPs only (see
@@ -15,6 +16,8 @@ PEAK_FLOPS = {
     "h200": {"bf16": 989.4e12, "fp16": 989.4e12, "fp8": 1978.9e12},
     "b200": {"bf16": 2250e12, "fp16": 2250e12, "fp8": 4500e12},
 }
+# Memory of one GPU in GiB as the driver reports it.
+GPU_MEMORY_GIB = {"a100_40gb": 40, "a100_80gb": 80, "h100_sxm": 80, "h100_pcie": 80, "h200": 140, "b200": 179}
 
 
 def gpu_kind(device_name: str) -> str | None:
