@@ -17,6 +17,7 @@ from pretrain.model.moe import set_aux_loss_scale, tracked_aux_losses
 from pretrain.train.engine import moe_aux_loss_scale
 from pretrain.train.faults import inject_spike, kill_point
 from pretrain.train.guards import update_skipped
+from pretrain.train.step_timer import StepTimer
 
 
 class Trainer:
@@ -123,10 +124,11 @@ class Trainer:
         set_aux_loss_scale(moe_aux_loss_scale(self.engine))  # MoE only; the fp16 scale changes
         losses, sample_ids = [], []
         micro_batches = self.batches.next_global_batch()
-        times = {"time_data": time.perf_counter() - started, "time_forward": 0.0, "time_backward": 0.0}
+        time_data = time.perf_counter() - started
+        timer = StepTimer(torch.device(self.device))
         for index, micro_batch in enumerate(micro_batches):
             last = index == len(micro_batches) - 1
-            mark = time.perf_counter()
+            mark = timer.mark()
             kill_point("forward", self.step + 1)
             tokens = micro_batch["tokens"].to(self.device, non_blocking=True)  # async when pinned
             loss = language_model_loss(self.engine, tokens, self.model_inputs)
@@ -134,8 +136,7 @@ class Trainer:
                 loss = loss * float("nan")  # once: a rolled-back run meets new data at this step
             loss = inject_spike(loss, self.step + 1)
             time.sleep(self.inject_forward_delay)
-            times["time_forward"] += _synchronized_since(mark)
-            mark = time.perf_counter()
+            mark = timer.add("time_forward", mark)
             kill_point("backward", self.step + 1)
             self.engine.backward(loss)
             self._progress(index)
@@ -144,15 +145,15 @@ class Trainer:
             skip = False
             if last:
                 kill_point("optimizer", self.step + 1)
-                times["time_backward"] += _synchronized_since(mark)
-                mark = time.perf_counter()
+                mark = timer.add("time_backward", mark)
                 step_loss = self._data_parallel_mean(torch.stack(losses).mean())
                 skip = self._skip_update(step_loss)
             with update_skipped(self.engine) if skip else contextlib.nullcontext():
                 self.engine.step()  # DeepSpeed steps the optimizer only at the accumulation boundary
             if not last:
-                times["time_backward"] += time.perf_counter() - mark
-        times["time_optimizer"] = _synchronized_since(mark)
+                timer.add("time_backward", mark)
+        timer.add("time_optimizer", mark)
+        times = {"time_data": time_data, **timer.totals()}
         self.inject_nonfinite_steps.discard(self.step + 1)
         return {
             "sample_ids": sample_ids,
@@ -234,13 +235,6 @@ class Trainer:
         value = value.detach().clone()
         dist.all_reduce(value, group=parallel_state.get_data_parallel_group())
         return value.item() / parallel_state.get_data_parallel_world_size()
-
-
-def _synchronized_since(mark: float) -> float:
-    """Seconds since `mark`, after the GPU has finished what was queued (kernels run asynchronously)."""
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return time.perf_counter() - mark
 
 
 def _as_float(value) -> float:
