@@ -4,6 +4,7 @@ Ranks share the work: each one fsyncs and hashes every world_size-th file (sorte
 so a checkpoint of many shards is sealed in parallel, as it was written.
 """
 
+import os
 from pathlib import Path
 
 import torch.distributed as dist
@@ -21,11 +22,13 @@ _NOT_LISTED = ("universal",)
 def checkpoint_files(directory: Path) -> list[str]:
     """Every file of a checkpoint but its manifest, as sorted relative paths."""
     files = []
-    for path in directory.rglob("*"):
-        rel = path.relative_to(directory)
-        if (path.is_file() and rel.as_posix() != MANIFEST and rel.parts[0] not in _NOT_LISTED
-                and not any(part.startswith(".") for part in rel.parts)):
-            files.append(rel.as_posix())
+    for folder, subfolders, names in os.walk(directory):
+        top = folder == str(directory)
+        # Pruned, not filtered: a universal conversion holds as many files as the checkpoint.
+        subfolders[:] = [d for d in subfolders if not d.startswith(".") and not (top and d in _NOT_LISTED)]
+        rel_folder = Path(folder).relative_to(directory)
+        files += [(rel_folder / name).as_posix() for name in names
+                  if not name.startswith(".") and not (top and name == MANIFEST)]
     return sorted(files)
 
 
