@@ -3,7 +3,7 @@
     python benchmarks/loader.py [--data-root DIR] [--sequence-length 2048] [--micro-batch-size 8]
 
 Every reader delivers what the training step takes: one rank's global batch as a list of
-[micro, seq + 1] int64 torch tensors, the samples in the same seeded order (one data-parallel
+[micro, seq + 1] int32 torch tensors (the step widens them on its device), the samples in the same seeded order (one data-parallel
 rank), from the page cache (each reader is run once before it is timed). Two batch shapes: one
 micro-batch per step, and ACCUMULATION micro-batches per step (a rank's share of a 512-sample
 global batch on 8 GPUs at micro-batch 8). The baselines copy every sample of the split into one
@@ -59,7 +59,7 @@ def read_memmap(flat: np.ndarray, micro: int, batch: int, steps: int) -> int:
     tokens = 0
     for start in range(0, steps * batch, micro):
         ids = global_sample_ids(range(start, start + micro), len(flat), SEED)
-        tokens += torch.from_numpy(flat[ids]).long().numel()
+        tokens += torch.from_numpy(flat[ids]).numel()
     return tokens
 
 
@@ -68,7 +68,7 @@ def read_memmap_batched(flat: np.ndarray, micro: int, batch: int, steps: int) ->
     tokens = 0
     for start in range(0, steps * batch, batch):
         ids = global_sample_ids(range(start, start + batch), len(flat), SEED)
-        tokens += sum(part.numel() for part in torch.from_numpy(flat[ids]).long().split(micro))
+        tokens += sum(part.numel() for part in torch.from_numpy(flat[ids]).split(micro))
     return tokens
 
 

@@ -178,7 +178,10 @@ def language_model_loss(model: torch.nn.Module, tokens: torch.Tensor,
     `model` is a GPTModel or a wrapper that forwards keyword arguments (a DeepSpeed engine).
     `model_inputs` gives position ids and attention mask (document masking; plain causal by default).
     Under tensor parallelism every rank of the TP group returns the same (full-vocabulary) loss.
+    The loader hands over int32 ids (half the bytes to pin and copy to a GPU); they are widened
+    here, on the tokens' device.
     """
+    tokens = tokens.long()
     input_ids, labels = tokens[:, :-1], tokens[:, 1:]
     position_ids, attention_mask = model_inputs(input_ids)
     inputs = dict(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask)

@@ -141,7 +141,7 @@ def test_batches_are_the_per_sample_reads_across_epochs(train):
             indices = range(start + 12 * step + rank, start + 12 * (step + 1), 3)
             assert flat_ids(micro_batches) == [global_sample_id(i, len(train), 9) for i in indices]
             for micro_batch in micro_batches:
-                assert micro_batch["tokens"].dtype == torch.long and micro_batch["tokens"].shape == (2, 33)
+                assert micro_batch["tokens"].dtype == torch.int32 and micro_batch["tokens"].shape == (2, 33)
                 expected = np.stack([train[i] for i in micro_batch["sample_ids"]])
                 np.testing.assert_array_equal(micro_batch["tokens"].numpy(), expected)
 
@@ -162,7 +162,7 @@ def test_dp_ranks_split_each_global_batch(train):
 def test_micro_batch_tokens_are_the_samples(train):
     batches = TrainBatches(train, seed=5, micro_batch_size=4, global_batch_size=4, dp_rank=0, dp_size=1)
     [micro_batch] = batches.next_global_batch()
-    assert micro_batch["tokens"].dtype == torch.long and micro_batch["tokens"].shape == (4, 33)
+    assert micro_batch["tokens"].dtype == torch.int32 and micro_batch["tokens"].shape == (4, 33)
     for row, sample_id in zip(micro_batch["tokens"], micro_batch["sample_ids"]):
         np.testing.assert_array_equal(row.numpy(), train[sample_id])
 
