@@ -34,6 +34,7 @@ from pretrain.train.quiet import silence_known_warnings  # noqa: E402
 silence_known_warnings()
 
 from plain_llama import PlainLlama  # noqa: E402
+from timing import seconds_per_step  # noqa: E402
 
 from pretrain.config import compose_config  # noqa: E402
 from pretrain.model.flops import flops_per_token  # noqa: E402
@@ -97,7 +98,7 @@ def compare(model_name: str, seq: int, args, peak: float | None) -> None:
     base = None
     for setup, step in rows.items():
         torch.cuda.reset_peak_memory_stats()
-        seconds = timed(step, args.steps)
+        seconds = seconds_per_step(step, args.steps, WARMUP)
         rate = tokens / seconds
         base = base or rate
         mfu = f"{100 * flops / seconds / peak:.1f}%" if peak else "-"
@@ -132,18 +133,6 @@ def engine_step(cfg, vocab: int, batches, layout):
             engine.backward(language_model_loss(engine, tokens))
             engine.step()
     return step
-
-
-def timed(step, steps: int) -> float:
-    """Seconds per step, after warm-up (compilation, autotuning, allocator)."""
-    for _ in range(WARMUP):
-        step()
-    torch.cuda.synchronize()
-    started = time.perf_counter()
-    for _ in range(steps):
-        step()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - started) / steps
 
 
 def profile(step) -> None:

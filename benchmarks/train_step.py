@@ -8,13 +8,16 @@ the engine (ZeRO bookkeeping, gradient hooks) at data-parallel size 1.
 """
 
 import sys
-import time
+from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).parent))
 from pretrain.train.quiet import silence_known_warnings  # noqa: E402
 
 silence_known_warnings()
+
+from timing import best_of_rounds  # noqa: E402
 
 from pretrain.config import compose_config  # noqa: E402
 from pretrain.model.gpt import build_model, flops_per_token, language_model_loss  # noqa: E402
@@ -23,17 +26,6 @@ from pretrain.train.engine import build_engine, param_groups  # noqa: E402
 
 VOCAB = 4096
 WARMUP, STEPS, ROUNDS = 2, 5, 3
-
-
-def timed(step, tokens_per_step: int) -> float:
-    for _ in range(WARMUP):
-        step()
-    started = time.perf_counter()
-    for _ in range(STEPS):
-        step()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return tokens_per_step * STEPS / (time.perf_counter() - started)
 
 
 def plain_step(model, batch, optimizer):
@@ -67,12 +59,7 @@ def main(overrides: list[str]) -> None:
         cfg.parallel.zero_stage = stage
         engine = build_engine(cfg, build_model(cfg.model, VOCAB, 1), layout)
         setups[f"DeepSpeed ZeRO-{stage}"] = engine_step(engine, batch)
-    # Rounds interleave the setups so that a slow spell of the machine hits all of them; best of rounds.
-    best = {name: 0.0 for name in setups}
-    for _ in range(ROUNDS):
-        for name, step in setups.items():
-            best[name] = max(best[name], timed(step, tokens))
-    rows = list(best.items())
+    rows = [(name, tokens / seconds) for name, seconds in best_of_rounds(setups, ROUNDS, STEPS, WARMUP).items()]
     print(f"\nmodel {cfg.model.name}, micro batch {cfg.model.seq_length} x {cfg.train.micro_batch_size}, "
           f"{flops_per_token(cfg.model, VOCAB) / 1e6:.1f} MFLOP/token, device {device}, "
           f"threads {torch.get_num_threads()}")

@@ -15,7 +15,6 @@ import argparse
 import itertools
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -26,6 +25,7 @@ from pretrain.train.quiet import silence_known_warnings  # noqa: E402
 silence_known_warnings()
 
 from data_shard import build_root  # noqa: E402
+from timing import best_of_rounds  # noqa: E402
 
 from pretrain.config import compose_config, compose_dict  # noqa: E402
 from pretrain.data.config import ShardConfig  # noqa: E402
@@ -36,7 +36,7 @@ from pretrain.train.engine import param_groups  # noqa: E402
 from pretrain.train.inputs import check_inputs  # noqa: E402
 from pretrain.train.run import build_trainer, train_batches  # noqa: E402
 
-SEQ, STEPS, ROUNDS = 256, 10, 3
+SEQ, WARMUP, STEPS, ROUNDS = 256, 1, 10, 3
 
 
 def overrides(root: Path, run_dir: Path, extra: list[str]) -> list[str]:
@@ -76,14 +76,6 @@ def bare(cfg, layout, vocab_size: int):
     return step
 
 
-def seconds_per_step(step) -> float:
-    step()  # warm-up
-    started = time.perf_counter()
-    for _ in range(STEPS):
-        step()
-    return (time.perf_counter() - started) / STEPS
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data-root", type=Path, help="a folder with cleaned/ and tokenizer/ (default: build one)")
@@ -100,11 +92,7 @@ def main() -> None:
         layout = init_distributed(cfg.parallel, cfg.train.seed)
         setups = {"bare loop (model, AdamW, batches in memory)": bare(cfg, layout, 4096),
                   "pretrain Trainer (engine, loader, callbacks)": ours(cfg, compose_dict(names), layout)}
-        best = dict.fromkeys(setups, float("inf"))
-        for _ in range(ROUNDS):  # interleaved: a slow spell of the machine hits every setup
-            for name, step in setups.items():
-                best[name] = min(best[name], seconds_per_step(step))
-        report(best, cfg.train.global_batch_size * SEQ)
+        report(best_of_rounds(setups, ROUNDS, STEPS, WARMUP), cfg.train.global_batch_size * SEQ)
 
 
 def report(best: dict, tokens_per_step: int) -> None:

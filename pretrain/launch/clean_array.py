@@ -23,8 +23,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
 from pretrain.config import Config, ConfigError
 from pretrain.data.clean import prepare_work_dir, work_dir_current, work_dir_of
 from pretrain.data.config import CleanConfig
@@ -32,7 +30,8 @@ from pretrain.data.readers import make_tasks
 from pretrain.data.tasks import finished
 from pretrain.launch import slurm
 from pretrain.launch.config import ClusterConfig
-from pretrain.launch.sbatch import SLURM_DIR, job_name
+from pretrain.launch.sbatch import SLURM_DIR, environment, job_name, resource_options, script
+from pretrain.launch.submit import JOB_CONFIG, job_config_yaml
 
 CLEAN_BODY = SLURM_DIR / "clean.sh"
 MAX_ARRAY_SIZE = 1000  # Slurm's default MaxArraySize is 1001: indices 0-1000
@@ -69,8 +68,7 @@ def prepare(cfg: Config, cfg_dict, submit_dir: str | None = None, python: str | 
     stage_dir = stage_dir_of(cfg.data.cleaned_dir)
     name = cluster.job_name or f"clean_{Path(cfg.data.cleaned_dir).name}"
     scripts = [render(cluster, part, stage_dir, submit_dir, python, shares, name) for part in ("tasks", "final")]
-    config_yaml = "defaults:\n  - base_config\n  - _self_\n\n" + OmegaConf.to_yaml(cfg_dict)
-    return CleanJobs(stage_dir, shares, pending, *scripts, config_yaml, cfg.data.cleaned_dir, clean)
+    return CleanJobs(stage_dir, shares, pending, *scripts, job_config_yaml(cfg_dict), cfg.data.cleaned_dir, clean)
 
 
 def array_spec(pending: list[int], parallelism: int) -> str:
@@ -89,13 +87,8 @@ def sbatch_options(cluster: ClusterConfig, part: str, name: str) -> list[str]:
     # One process per array task (and for the final job): nodes, GPUs and the launcher are the
     # training job's business; the array spreads over the nodes instead.
     log = "tasks-%A_%a" if part == "tasks" else "final-%j"
-    options = [f"--job-name={job_name(cluster, name)}", "--nodes=1", "--ntasks=1"]
-    if cluster.cpus_per_task:
-        options.append(f"--cpus-per-task={cluster.cpus_per_task}")
-    for key in ("mem", "time", "partition", "account", "qos", "constraint"):
-        if getattr(cluster, key):
-            options.append(f"--{key}={getattr(cluster, key)}")
-    return options + [f"--output={log}.out", f"--error={log}.err", "--open-mode=append"]
+    return [f"--job-name={job_name(cluster, name)}", "--nodes=1", "--ntasks=1", *resource_options(cluster),
+            f"--output={log}.out", f"--error={log}.err", "--open-mode=append"]
 
 
 def render(cluster: ClusterConfig, part: str, stage_dir: Path, submit_dir: str, python: str, shares: int,
@@ -104,11 +97,8 @@ def render(cluster: ClusterConfig, part: str, stage_dir: Path, submit_dir: str, 
     q = shlex.quote
     values = [f"PART={part}", f"STAGE_DIR={q(str(stage_dir))}", f"SUBMIT_DIR={q(submit_dir)}",
               f"PYTHON={q(python)}", f"SHARES={shares}", f"MODULES=({' '.join(q(m) for m in cluster.modules)})"]
-    values += [f"export {key}={q(str(value))}" for key, value in sorted(cluster.env.items())]
-    lines = ["#!/bin/bash", f"# written by `pretrain data clean` ({part}); the files are in STAGE_DIR below",
-             *(f"#SBATCH {option}" for option in sbatch_options(cluster, part, name)),
-             "", "# ---- values from the config, each quoted ----", *values, "# ---- end of values ----", ""]
-    return "\n".join(lines) + CLEAN_BODY.read_text()
+    return script(f"written by `pretrain data clean` ({part}); the files are in STAGE_DIR below",
+                  sbatch_options(cluster, part, name), values + environment(cluster), CLEAN_BODY)
 
 
 def submit(jobs: CleanJobs, parallelism: int) -> tuple[str | None, str]:
@@ -117,9 +107,9 @@ def submit(jobs: CleanJobs, parallelism: int) -> tuple[str | None, str]:
     refuse_while_active(jobs.stage_dir)
     prepare_work_dir(jobs.cleaned_dir, jobs.clean)
     jobs.stage_dir.mkdir(parents=True, exist_ok=True)
-    (jobs.stage_dir / "job.yaml").write_text(jobs.config_yaml)
-    for part, script in (("tasks", jobs.tasks_script), ("final", jobs.final_script)):
-        (jobs.stage_dir / f"{part}.sbatch").write_text(script)
+    (jobs.stage_dir / f"{JOB_CONFIG}.yaml").write_text(jobs.config_yaml)
+    for part, text in (("tasks", jobs.tasks_script), ("final", jobs.final_script)):
+        (jobs.stage_dir / f"{part}.sbatch").write_text(text)
     cwd = str(jobs.stage_dir)  # the logs are named relative to it
     array_id = None
     if jobs.pending:

@@ -8,10 +8,11 @@ from pathlib import Path
 
 from pretrain import exit_codes
 from pretrain.config import ConfigError, compose_config
+from pretrain.launch.submit import JOB_CONFIG
 
 
 def run(stage_dir: str, part: str, *share: str) -> int:
-    cfg = compose_config([], "job", Path(stage_dir))
+    cfg = compose_config([], JOB_CONFIG, Path(stage_dir))
     if part == "final":
         from pretrain.stages import clean_here
 

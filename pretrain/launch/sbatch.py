@@ -32,16 +32,26 @@ def sbatch_options(cluster: ClusterConfig, run_dir: str) -> list[str]:
                f"--ntasks-per-node={tasks_per_node}"]
     if cluster.gpus_per_node:
         options.append(f"--gpus-per-node={cluster.gpus_per_node}")
-    if cluster.cpus_per_task:
-        options.append(f"--cpus-per-task={cluster.cpus_per_task}")
-    for key in ("mem", "time", "partition", "account", "qos", "constraint"):
-        if getattr(cluster, key):
-            options.append(f"--{key}={getattr(cluster, key)}")
+    options += resource_options(cluster)
     if cluster.exclusive:
         options.append("--exclusive")
     options += [f"--output={LOG_PATTERN}", f"--error={ERROR_PATTERN}", "--open-mode=append",
                 f"--signal=B:USR1@{cluster.signal_grace}", "--requeue"]
     return options
+
+
+def resource_options(cluster: ClusterConfig) -> list[str]:
+    """The options every job of the profile asks for: CPUs per task, memory, time, where it runs."""
+    options = [f"--cpus-per-task={cluster.cpus_per_task}"] if cluster.cpus_per_task else []
+    for key in ("mem", "time", "partition", "account", "qos", "constraint"):
+        if getattr(cluster, key):
+            options.append(f"--{key}={getattr(cluster, key)}")
+    return options
+
+
+def environment(cluster: ClusterConfig) -> list[str]:
+    """Shell lines exporting the profile's environment variables, each value quoted."""
+    return [f"export {name}={shlex.quote(str(value))}" for name, value in sorted(cluster.env.items())]
 
 
 def values_block(cluster: ClusterConfig, run_dir: str, submit_dir: str, python: str, train_steps: int) -> list[str]:
@@ -68,15 +78,18 @@ def values_block(cluster: ClusterConfig, run_dir: str, submit_dir: str, python: 
         f"MODULES=({' '.join(q(m) for m in cluster.modules)})",
         f"CONTAINER_ARGS=({' '.join(q(c) for c in container)})",
     ]
-    lines += [f"export {name}={q(str(value))}" for name, value in sorted(cluster.env.items())]
-    return lines
+    return lines + environment(cluster)
+
+
+def script(written_by: str, options: list[str], values: list[str], body: Path) -> str:
+    """An sbatch script: a comment on who wrote it, #SBATCH lines, the block of values, the shell body."""
+    lines = ["#!/bin/bash", f"# {written_by}", *(f"#SBATCH {option}" for option in options),
+             "", "# ---- values from the config, each quoted ----", *values, "# ---- end of values ----", ""]
+    return "\n".join(lines) + body.read_text()
 
 
 def render(cluster: ClusterConfig, run_dir: str, submit_dir: str, python: str, train_steps: int) -> str:
     """The whole sbatch script as text."""
-    header = ["#!/bin/bash", "# written by `pretrain submit`; the run directory is RUN_DIR below"]
-    header += [f"#SBATCH {option}" for option in sbatch_options(cluster, run_dir)]
-    values = ["", "# ---- values from the config, each quoted ----",
-              *values_block(cluster, run_dir, submit_dir, python, train_steps),
-              "# ---- end of values ----", ""]
-    return "\n".join(header + values) + JOB_BODY.read_text()
+    return script("written by `pretrain submit`; the run directory is RUN_DIR below",
+                  sbatch_options(cluster, run_dir), values_block(cluster, run_dir, submit_dir, python, train_steps),
+                  JOB_BODY)

@@ -46,8 +46,12 @@ def prepare(cfg: Config, cfg_dict, submit_dir: str | None = None, python: str | 
     cfg_dict.train.run_dir = str(run_dir)
     python = python or cluster.python or sys.executable
     script = render(cluster, str(run_dir), submit_dir, python, cfg.train.train_steps)
-    config_yaml = "defaults:\n  - base_config\n  - _self_\n\n" + OmegaConf.to_yaml(cfg_dict)
-    return Job(run_dir, script, config_yaml, submit_dir, python)
+    return Job(run_dir, script, job_config_yaml(cfg_dict), submit_dir, python)
+
+
+def job_config_yaml(cfg_dict) -> str:
+    """The composed config as the job's `JOB_CONFIG.yaml`: it composes again, typed, on the base config."""
+    return "defaults:\n  - base_config\n  - _self_\n\n" + OmegaConf.to_yaml(cfg_dict)
 
 
 def write(job: Job) -> Path:

@@ -10,36 +10,36 @@ from megatron.core import parallel_state
 from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
 
 
-@torch.no_grad()
 def generate(model, tokenizer, prompt: str, max_new_tokens: int, seq_length: int, device,
              generator: torch.Generator, temperature: float = 0.8, top_k: int = 40, top_p: float = 1.0) -> str:
     """Continue `prompt`; every tensor-parallel rank must call this with the same generator seed."""
-    was_training = model.training
-    model.eval()
-    ids = tokenizer.encode([prompt])[0]
-    prompt_length = len(ids)
-    for _ in range(max_new_tokens):
-        context = torch.tensor([ids[-seq_length:]], dtype=torch.long, device=device)
-        logits = next_token_logits(model, context)[: tokenizer.vocab_size]  # drop vocab padding
+
+    def sample(logits: torch.Tensor) -> int:
         probs = torch.softmax(_top_p(_top_k(logits.float() / temperature, top_k), top_p), dim=-1).cpu()
-        token = int(torch.multinomial(probs, 1, generator=generator))
-        if token == tokenizer.eos_id:
-            break
-        ids.append(token)
-    model.train(was_training)
-    return tokenizer.decode(ids[prompt_length:])
+        return int(torch.multinomial(probs, 1, generator=generator))
+
+    new = next_tokens(model, tokenizer.encode([prompt])[0], max_new_tokens, seq_length, tokenizer.vocab_size,
+                      tokenizer.eos_id, device, sample)
+    return tokenizer.decode(new[:-1] if new and new[-1] == tokenizer.eos_id else new)
 
 
-@torch.no_grad()
 def greedy(model, ids: list[int], max_new_tokens: int, seq_length: int, vocab_size: int, eos_id: int,
            device) -> list[int]:
     """The most likely continuation of token ids (argmax each step, ending after eos), as new ids."""
+    return next_tokens(model, ids, max_new_tokens, seq_length, vocab_size, eos_id, device,
+                       lambda logits: int(logits.argmax()))
+
+
+@torch.no_grad()
+def next_tokens(model, ids: list[int], max_new_tokens: int, seq_length: int, vocab_size: int, eos_id: int,
+                device, pick) -> list[int]:
+    """New token ids after `ids`, `pick(logits)` choosing each one, ending after eos (kept) or at the limit."""
     was_training = model.training
     model.eval()
     new: list[int] = []
     while len(new) < max_new_tokens and (not new or new[-1] != eos_id):
         context = torch.tensor([(list(ids) + new)[-seq_length:]], dtype=torch.long, device=device)
-        new.append(int(next_token_logits(model, context)[:vocab_size].argmax()))  # drop vocab padding
+        new.append(pick(next_token_logits(model, context)[:vocab_size]))  # drop vocab padding
     model.train(was_training)
     return new
 
