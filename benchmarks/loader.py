@@ -3,15 +3,16 @@
     python benchmarks/loader.py [--data-root DIR] [--sequence-length 2048] [--micro-batch-size 8]
 
 Every reader delivers what the training step takes: one rank's global batch as a list of
-[micro, seq + 1] int32 torch tensors (the step widens them on its device), the samples in the same seeded order (one data-parallel
-rank), from the page cache (each reader is run once before it is timed). Two batch shapes: one
-micro-batch per step, and ACCUMULATION micro-batches per step (a rank's share of a 512-sample
-global batch on 8 GPUs at micro-batch 8). The baselines copy every sample of the split into one
-flat int32 file, opened as a memmap: the plain reader fancy-indexes it per micro-batch; the
-batched one fancy-indexes a whole global batch at once and splits it. All compute sample ids with
-the same global_sample_ids. The consumer rows put the loader beside what a trainer consumes per
-GPU. The last table is the data wait of a training loop whose step takes STEP_SECONDS with the
-host idle (a GPU step: sleep), with and without the prefetch thread.
+[micro, seq + 1] int32 torch tensors (the step widens them on its device), the samples in the
+same seeded order (one data-parallel rank), from the page cache (each reader is run once before
+it is timed). Two batch shapes: one micro-batch per step, and ACCUMULATION micro-batches per
+step (a rank's share of a 512-sample global batch on 8 GPUs at micro-batch 8). The baselines
+copy every sample of the split into one flat int32 file, opened as a memmap: the plain reader
+fancy-indexes it per micro-batch; the batched one fancy-indexes a whole global batch at once and
+splits it. All compute sample ids with the same global_sample_ids. The consumer rows put the
+loader beside what a trainer consumes per GPU. The last table is the data wait of a training
+loop whose step takes STEP_SECONDS with the host idle (a GPU step: sleep), with and without the
+prefetch thread.
 """
 
 import argparse
