@@ -90,7 +90,7 @@ class ShardedSamples:
         them, in the order of `indices`.
         """
         indices = np.asarray(indices, dtype=np.int64)
-        slots = np.searchsorted(self.starts, indices, side="right")  # shard + 1; 0 or len(paths) + 1: out of range
+        slots = self.starts.searchsorted(indices, "right")  # shard + 1; 0 or len(paths) + 1: out of range
         span = self._span
         if span is None or not span.covered[slots].all():
             touched = set(slots.tolist())
