@@ -58,7 +58,7 @@ class ShardedSamples:
         shards = self.manifest["splits"][split]["shards"]
         self.paths = [self.dir / shard["path"] for shard in shards]
         self.starts = np.cumsum([0] + [shard["samples"] for shard in shards])
-        self._start_list, self._size = self.starts.tolist(), int(self.starts[-1])  # Python ints: quick per sample
+        self._size = int(self.starts[-1])
         self.sample_length = self.manifest["sequence_length"] + 1
         # Offsets are found per shard on first use: constructing costs no shard reads.
         self._offsets: list[np.ndarray | None] = [None] * len(shards)
@@ -90,6 +90,8 @@ class ShardedSamples:
         them, in the order of `indices`.
         """
         indices = np.asarray(indices, dtype=np.int64)
+        if not len(indices):
+            return np.empty((0, self.sample_length), dtype="<i4") if out is None else out
         slots = self.starts.searchsorted(indices, "right")  # shard + 1; 0 or len(paths) + 1: out of range
         span = self._span
         if span is None or not span.covered[slots].all():
@@ -110,13 +112,12 @@ class ShardedSamples:
         return out
 
     def _span_over(self, shards: set[int]) -> _Span:
-        """A _Span that covers `shards` (mapping them first)."""
-        if self._span is None or not self._span.covered[[shard + 1 for shard in shards]].all():
-            for shard in shards & self._maps.keys():  # most recently used: mapping the others drops none of them
-                self._maps.move_to_end(shard)
-            for shard in shards:
-                self._shard_rows(shard)
-            self._span = _span(self._rows, self.starts, self.sample_length)
+        """A new _Span over every mapped shard, `shards` (at most MAX_OPEN_SHARDS) mapped first."""
+        for shard in shards & self._maps.keys():  # most recently used: mapping the others drops none of them
+            self._maps.move_to_end(shard)
+        for shard in shards:
+            self._shard_rows(shard)
+        self._span = _span(self._rows, self.starts, self.sample_length)
         return self._span
 
     def _out_of_range(self, index: int) -> IndexError:

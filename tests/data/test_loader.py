@@ -74,6 +74,12 @@ def test_global_sample_ids_are_the_per_index_ids():
         assert global_sample_ids(np.arange(indices.start, indices.stop, indices.step), 10, seed=3).tolist() == expected
 
 
+def test_gather_of_no_samples_reads_nothing(dataset_dir):
+    fresh = ShardedSamples(dataset_dir, "train")
+    assert fresh.gather([]).shape == (0, fresh.sample_length)
+    assert fresh.gather(np.array([], dtype=np.int64), out=np.empty((0, fresh.sample_length), np.int64)).shape[0] == 0
+
+
 def test_gather_is_the_per_sample_reads_across_shards(train):
     assert len(train.paths) >= 3
     rng = np.random.default_rng(1)
