@@ -72,8 +72,8 @@ class StepMetrics(Callback):
         self.seconds += metrics["step_time"]
         for key in self.TIMES:
             self.times[key] += metrics[key]
-        if trainer.step % self.log_interval == 0 or trainer.step == trainer.train_steps:
-            trainer.log(self._record(trainer, metrics))
+        if trainer.step % self.log_interval == 0 or trainer.finished or trainer.stopping:
+            trainer.log(self._record(trainer, metrics))  # a run that stops logs its last steps too
             self._reset()
 
     def _record(self, trainer, metrics) -> dict:
@@ -93,7 +93,8 @@ class StepMetrics(Callback):
             **_precision_state(trainer.engine),
             "consumed_samples": consumed,
             "consumed_tokens": consumed * self.seq_length,
-            # Seconds per step, this rank's (rank 0's in the log); checkpoint: saves since the last log.
+            # Seconds per step, this rank's (rank 0's in the log); checkpoint: saves since the last log,
+            # this step's included (the callback runs after Checkpointing).
             "time_data": self.times["time_data"] / steps,
             "time_forward_backward": (self.times["time_forward"] + self.times["time_backward"]) / steps,
             "time_optimizer": self.times["time_optimizer"] / steps,
