@@ -36,7 +36,7 @@ from pretrain.train.engine import param_groups  # noqa: E402
 from pretrain.train.inputs import check_inputs  # noqa: E402
 from pretrain.train.run import build_trainer, train_batches  # noqa: E402
 
-SEQ, WARMUP, STEPS, ROUNDS = 256, 1, 10, 3
+SEQ, WARMUP, STEPS, ROUNDS = 256, 1, 10, 5
 
 
 def overrides(root: Path, run_dir: Path, extra: list[str]) -> list[str]:
