@@ -137,7 +137,7 @@ class Evaluation(Callback):
         self.evaluators = list(evaluators)
 
     def on_train_start(self, trainer):
-        if self.interval and trainer.step == 0:
+        if self.interval and trainer.step == 0 and not trainer.stopping:  # a stop must beat the grace period
             self._evaluate(trainer)
 
     def on_step_end(self, trainer, metrics):

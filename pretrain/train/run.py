@@ -105,6 +105,8 @@ def build_callbacks(cfg: Config, config_dict, layout: ParallelLayout, tokenizer:
     if train.log_sample_ids:
         callbacks.append(cb.SampleLog(train.run_dir, layout.rank))
     callbacks.append(cb.Restarts())
+    # Before anything that works at the start: a stop that came during start-up skips the step-0 validation.
+    callbacks.append(StopOnSignal())
     tokens_per_step = train.global_batch_size * cfg.model.seq_length
     vocab_size = padded_vocab_size(cfg.model.vocab_size or tokenizer.vocab_size, cfg.model, layout.tensor_parallel_size)
     peak = local_peak_flops(train.precision, train.peak_flops)
@@ -121,7 +123,7 @@ def build_callbacks(cfg: Config, config_dict, layout: ParallelLayout, tokenizer:
                                        evaluators))
     if train.step_timeout:
         callbacks.append(StepWatchdog(train.step_timeout))
-    callbacks += [StopOnSignal(), cb.Checkpointing(train.save_interval, train.checkpoint, config)]
+    callbacks.append(cb.Checkpointing(train.save_interval, train.checkpoint, config))
     # After the save: a step's record counts the time its own save blocked training.
     callbacks.append(cb.StepMetrics(train.log_interval, tokens_per_step, cfg.model.seq_length, layout.world_size,
                                     flops_per_token(cfg.model, vocab_size) * tokens_per_step, peak))

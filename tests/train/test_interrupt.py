@@ -61,12 +61,12 @@ def stop_at_a_step(data_root, run_dir) -> str:
     return (run_dir / "checkpoints" / "latest").read_text().strip()
 
 
-def signal_during_startup(data_root, run_dir, signum, nproc=2) -> subprocess.CompletedProcess:
+def signal_during_startup(data_root, run_dir, signum, nproc=2, overrides=OVERRIDES) -> subprocess.CompletedProcess:
     """Start a run, send `signum` to `pretrain train` while every rank is paused in start-up
     (its engine built, its checkpoint not yet loaded), and wait for the run to end."""
     markers = run_dir.parent / f"{run_dir.name}-startup"
     markers.mkdir()
-    process = start(data_root, run_dir, OVERRIDES, nproc, env={PAUSE_AT_STARTUP: str(markers)})
+    process = start(data_root, run_dir, overrides, nproc, env={PAUSE_AT_STARTUP: str(markers)})
     wait_for(lambda: len(list(markers.glob("rank_*"))) == nproc, process)
     process.send_signal(signum)
     out, err = process.communicate(timeout=120)
@@ -142,8 +142,11 @@ def test_a_stop_signal_during_start_up_exits_for_a_requeue_and_the_run_resumes_e
 def test_sigterm_during_the_start_up_of_a_new_run_exits_for_a_requeue(data_root, tmp_path):
     # One process, no launcher in between: the worker itself gets the signal.
     run_dir = tmp_path / "run"
-    result = signal_during_startup(data_root, run_dir, signal.SIGTERM, nproc=1)
+    with_validation = [*OVERRIDES, "train.eval_interval=2"]
+    result = signal_during_startup(data_root, run_dir, signal.SIGTERM, nproc=1, overrides=with_validation)
     assert result.returncode == exit_codes.REQUEUE, result.stderr[-3000:]  # not -SIGTERM
     assert "stopping at step 0: received SIGTERM during start-up" in result.stdout
     assert not (run_dir / "checkpoints" / "latest").exists()  # nothing trained, nothing saved
     assert logged_steps(run_dir) == []
+    metrics = run_dir / "metrics.jsonl"
+    assert not metrics.is_file() or not [r for r in read_metrics(metrics) if "valid_loss" in r]  # no step-0 validation
