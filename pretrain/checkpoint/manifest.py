@@ -28,7 +28,8 @@ def checkpoint_files(directory: Path) -> list[str]:
         subfolders[:] = [d for d in subfolders if not d.startswith(".") and not (top and d in _NOT_LISTED)]
         rel_folder = Path(folder).relative_to(directory)
         files += [(rel_folder / name).as_posix() for name in names
-                  if not name.startswith(".") and not (top and name == MANIFEST)]
+                  if not name.startswith(".") and not (top and name == MANIFEST)
+                  and os.path.isfile(os.path.join(folder, name))]  # no broken link, FIFO or socket
     return sorted(files)
 
 

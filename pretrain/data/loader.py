@@ -47,7 +47,10 @@ class _Span(NamedTuple):
 
 
 class ShardedSamples:
-    """Samples of one split of a dataset, read by global index straight from the .tar shards."""
+    """Samples of one split of a dataset, read by global index straight from the .tar shards.
+
+    One thread at a time reads an object (the prefetch thread reads the train split's).
+    """
 
     def __init__(self, dataset_dir: str | Path, split: str):
         self.dir = Path(dataset_dir)
@@ -98,11 +101,13 @@ class ShardedSamples:
             touched = set(slots.tolist())
             if 0 in touched or len(self.paths) + 1 in touched:
                 raise self._out_of_range(int(indices[(indices < 0) | (indices >= self._size)][0]))
-            if len(touched) > MAX_OPEN_SHARDS:  # more shards than stay mapped at once: a part at a time
+            if len(touched) > MAX_OPEN_SHARDS:  # more shards than stay mapped at once: a group of shards at a time
                 if out is None:
                     out = np.empty((len(indices), self.sample_length), dtype="<i4")
-                for part in range(0, len(indices), MAX_OPEN_SHARDS):
-                    self.gather(indices[part : part + MAX_OPEN_SHARDS], out[part : part + MAX_OPEN_SHARDS])
+                ordered = sorted(touched)
+                for group in range(0, len(ordered), MAX_OPEN_SHARDS):
+                    where = np.isin(slots, ordered[group : group + MAX_OPEN_SHARDS])
+                    out[where] = self.gather(indices[where])
                 return out
             span = self._span_over({slot - 1 for slot in touched})
         rows = span.rows[span.word_base[slots] + indices * span.row_words[slots]]
@@ -137,10 +142,11 @@ class ShardedSamples:
         """The shard's bytes from its first sample's data on, and the stride of its samples."""
         offsets = self._shard_offsets(shard)
         strides = np.diff(offsets)
-        if len(strides) and (strides != strides[0]).any():  # not written by `pretrain data shard`
+        stride = int(strides[0]) if len(strides) else 4 * self.sample_length
+        # Not written by `pretrain data shard`: samples at uneven or unaligned places are copied once.
+        if (strides != stride).any() or offsets[0] % 4 or stride % 4:
             rows = np.stack([self[int(self.starts[shard]) + k] for k in range(len(offsets))])
             return rows.reshape(-1).view(np.uint8), 4 * self.sample_length
-        stride = int(strides[0]) if len(strides) else 4 * self.sample_length
         size = stride * (len(offsets) - 1) + 4 * self.sample_length
         data = self._map(shard)[offsets[0] : offsets[0] + size]
         if len(data) < size:
@@ -218,15 +224,18 @@ def _span(shard_rows: dict[int, np.ndarray], starts: np.ndarray, sample_length: 
     lowest = min(address, key=address.get)
     end = max(address[shard] + rows.strides[0] * (len(rows) - 1) for shard, rows in shard_rows.items())
     slots = len(starts) + 1  # the shards, and one out-of-range slot on each side
-    covered, word_base, row_words = np.zeros(slots, dtype=bool), np.zeros(slots, np.int64), np.zeros(slots, np.int64)
+    words = (end - address[lowest]) // 4 + 1
+    # An uncovered slot points past the view: reading it raises IndexError, never another shard's sample.
+    covered, row_words = np.zeros(slots, dtype=bool), np.zeros(slots, np.int64)
+    word_base = np.full(slots, words, np.int64)
     for shard, rows in shard_rows.items():
         first, step = divmod(address[shard] - address[lowest], 4), divmod(rows.strides[0], 4)
-        if first[1] or step[1]:
-            raise ValueError(f"shard {shard}'s samples are not 4-byte aligned")  # never for npy data in a tar
+        if first[1] or step[1]:  # _shard_bytes copies unaligned samples: never here
+            raise AssertionError(f"shard {shard}'s samples are not 4-byte aligned")
         covered[shard + 1], row_words[shard + 1] = True, step[0]
         word_base[shard + 1] = first[0] - int(starts[shard]) * step[0]
-    view = np.lib.stride_tricks.as_strided(shard_rows[lowest], shape=((end - address[lowest]) // 4 + 1, sample_length),
-                                           strides=(4, 4), writeable=False)
+    view = np.lib.stride_tricks.as_strided(shard_rows[lowest], shape=(words, sample_length), strides=(4, 4),
+                                           writeable=False)
     return _Span(view, covered, word_base, row_words, tuple(shard_rows.values()))
 
 

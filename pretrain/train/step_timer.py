@@ -4,7 +4,8 @@ Kernels run asynchronously: the CPU queues a micro-batch's forward and backward 
 Synchronizing to read a clock after each part would empty that queue every micro-batch, so on a
 GPU each part is bracketed by CUDA events on the current stream and the events are read once,
 when the step is done (its metrics need the GPU's results then anyway). On a CPU the clock is read
-directly.
+directly. Events time the current stream: work DeepSpeed runs on a side stream (gradient
+reduction with overlap_comm) counts in the part that waits for it, usually the optimizer step.
 """
 
 import time
@@ -41,8 +42,9 @@ class StepTimer:
 
     def totals(self) -> dict[str, float]:
         """Every part's seconds; on a GPU this waits for the last event (the step's end)."""
+        if self._spans:
+            self._spans[-1][2].synchronize()  # the last event: every earlier one has happened too
         for part, start, end in self._spans:
-            end.synchronize()
             self.seconds[part] += start.elapsed_time(end) / 1000  # milliseconds
         self._spans.clear()
         return dict(self.seconds)

@@ -113,6 +113,16 @@ def test_gather_is_right_when_a_batch_touches_more_shards_than_stay_mapped(datas
         assert len(samples._maps) <= open_shards
 
 
+def test_a_span_reads_only_the_shards_it_covers(dataset_dir):
+    samples = ShardedSamples(dataset_dir, "train")
+    span = loader._span({0: samples._shard_rows(0)}, samples.starts, samples.sample_length)
+    first = np.array([0])
+    np.testing.assert_array_equal(span.rows[span.word_base[1] + first * span.row_words[1]][0], samples[0])
+    in_second = np.array([int(samples.starts[1])])  # shard 1 is slot 2, not covered
+    with pytest.raises(IndexError):
+        span.rows[span.word_base[2] + in_second * span.row_words[2]]
+
+
 def cut_last_sample(shard):
     """Truncate a shard inside its last sample's data."""
     with tarfile.open(shard) as tar:
