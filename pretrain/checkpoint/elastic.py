@@ -226,7 +226,7 @@ def full_state(engine) -> dict[str, dict[str, torch.Tensor]]:
         pieces = {"fp32": safe_get_full_fp32_param(param),
                   "exp_avg": safe_get_full_optimizer_state(param, "exp_avg"),
                   "exp_avg_sq": safe_get_full_optimizer_state(param, "exp_avg_sq")}
-        out[name] = {key: _gather_tensor_parallel(name, param, value.detach().cpu())
+        out[name] = {key: _gather_tensor_parallel(name, param, value.detach()).cpu()  # gathered where it lives: NCCL
                      for key, value in pieces.items() if value is not None}
     return out
 

@@ -363,14 +363,15 @@ def valid_batches(samples: ShardedSamples, num_samples: int, micro_batch_size: i
     """This rank's stride of the first `num_samples` validation samples (the same set for any layout).
 
     The split is used whole when it is smaller; the last micro-batch may be short, and a rank
-    may get none, so callers weight losses by sample counts.
+    may get fewer micro-batches than another, or none, so callers weight losses by sample counts
+    (and, under ZeRO-3, run as many forwards as the rank with the most: see Trainer.evaluate).
     """
     if len(samples) == 0:
         message = f"the {samples.split} split of {samples.dir} has no samples"
         raise ConfigError("data.shard.valid_fraction", message)
     _check_batch_layout(micro_batch_size, micro_batch_size * dp_size, dp_rank, dp_size)
     ids = np.arange(dp_rank, min(num_samples, len(samples)), dp_size)
-    return _micro_batches(samples, ids, micro_batch_size)
+    return _micro_batches(samples, ids, micro_batch_size) if len(ids) else []
 
 
 def _micro_batches(samples: ShardedSamples, ids: np.ndarray, micro_batch_size: int,

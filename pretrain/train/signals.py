@@ -46,7 +46,8 @@ class StopOnSignal(Callback):
         self._stop_if_any_rank_received(trainer)
 
     def _stop_if_any_rank_received(self, trainer, when: str = "") -> None:
-        flag = torch.tensor([0 if self.received is None else self.received], dtype=torch.int32)
+        # On the device: NCCL reduces only GPU tensors.
+        flag = torch.tensor([0 if self.received is None else self.received], dtype=torch.int32, device=trainer.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         if flag.item() and not trainer.finished:
             trainer.request_stop(exit_codes.REQUEUE, f"received {signal.Signals(flag.item()).name}{when}")

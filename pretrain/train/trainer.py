@@ -188,15 +188,23 @@ class Trainer:
         text: it does not depend on the tokenizer, so runs with different vocabularies compare.
         """
         self.engine.eval()
-        # [sum of per-sample mean losses, samples, summed token losses (nats), bytes of target text]
-        total = torch.zeros(4, dtype=torch.float64)
-        for mb in micro_batches:
+        # [sum of per-sample mean losses, samples, summed token losses (nats), bytes of target text],
+        # on the device: NCCL reduces only GPU tensors.
+        total = torch.zeros(4, dtype=torch.float64, device=self.device)
+        # Under ZeRO-3 a forward gathers parameters across data parallel: a rank with fewer
+        # validation micro-batches runs a counted-for-nothing one for each it lacks.
+        filler = {"tokens": torch.zeros((1, self.seq_length + 1), dtype=torch.long)}
+        most = self._most_over_data_parallel(len(micro_batches))  # before any forward: collectives in one order
+        for index in range(most):
+            mb = micro_batches[index] if index < len(micro_batches) else filler
             tokens = mb["tokens"]
             loss = language_model_loss(self.engine, tokens.to(self.device), self.model_inputs).item()
+            if mb is filler:
+                continue
             targets = tokens[:, 1:]
             text_bytes = token_bytes[targets].sum().item() if token_bytes is not None else 0
             total += torch.tensor([loss * len(tokens), len(tokens), loss * targets.numel(), text_bytes],
-                                  dtype=torch.float64)
+                                  dtype=torch.float64, device=self.device)
         self.engine.train()
         dist.all_reduce(total, group=parallel_state.get_data_parallel_group())
         result = {"valid_loss": (total[0] / total[1]).item()}
@@ -230,6 +238,11 @@ class Trainer:
         self.batches.consumed_samples = state["consumed_samples"]
         for callback in self.callbacks:
             callback.load_state_dict(state["callbacks"].get(callback.name, {}))
+
+    def _most_over_data_parallel(self, count: int) -> int:
+        most = torch.tensor([count], dtype=torch.int64, device=self.device)
+        dist.all_reduce(most, op=dist.ReduceOp.MAX, group=parallel_state.get_data_parallel_group())
+        return int(most.item())
 
     def _data_parallel_mean(self, value: torch.Tensor) -> float:
         value = value.detach().clone()

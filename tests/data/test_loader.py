@@ -231,6 +231,7 @@ def test_valid_batches_are_fixed_and_strided(dataset_dir):
     assert flat_ids(single) == list(range(11))  # the same set, whatever the layout
     whole = valid_batches(valid, num_samples=10**9, micro_batch_size=len(valid), dp_rank=0, dp_size=1)
     assert flat_ids(whole) == list(range(len(valid)))
+    assert valid_batches(valid, num_samples=1, micro_batch_size=2, dp_rank=1, dp_size=2) == []  # no empty batch
 
 
 def test_unknown_split(dataset_dir):

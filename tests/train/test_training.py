@@ -87,3 +87,12 @@ def test_bf16_follows_the_fp32_curve(data_root, reference, tmp_path):
     # gradients; DeepSpeed keeps fp32 master weights, so the curve stays within a few of those.
     assert losses(tmp_path) == pytest.approx(losses(reference), rel=2e-2)
     assert losses(tmp_path) != losses(reference)  # it really ran in bf16
+
+
+@pytest.mark.parametrize("eval_samples", [1, 5], ids=["a-rank-gets-none", "ranks-get-2-and-1-micro-batches"])
+def test_validation_with_uneven_shares_under_zero3_matches_one_process(data_root, tmp_path, eval_samples):
+    # ZeRO-3 gathers parameters across data parallel in every forward: the ranks must run as many.
+    common = ["train.train_steps=1", f"train.eval_samples={eval_samples}", "train.eval_interval=1"]
+    run_train(data_root, tmp_path / "one", *common, "parallel.zero_stage=0", nproc=1)
+    run_train(data_root, tmp_path / "two", *common, "parallel.zero_stage=3", timeout=180)
+    assert valid_losses(tmp_path / "two") == pytest.approx(valid_losses(tmp_path / "one"), rel=1e-5)
