@@ -96,3 +96,13 @@ def test_validation_with_uneven_shares_under_zero3_matches_one_process(data_root
     run_train(data_root, tmp_path / "one", *common, "parallel.zero_stage=0", nproc=1)
     run_train(data_root, tmp_path / "two", *common, "parallel.zero_stage=3", timeout=180)
     assert valid_losses(tmp_path / "two") == pytest.approx(valid_losses(tmp_path / "one"), rel=1e-5)
+
+
+@pytest.mark.gpu
+def test_a_gpu_run_trains_validates_and_resumes_on_nccl(data_root, tmp_path):
+    # Every per-step collective (the stop-signal check, validation, stragglers) must hold GPU tensors on NCCL.
+    run_train(data_root, tmp_path, "train.train_steps=3", "logging.stragglers.interval=1", nproc=1)
+    resumed = run_train(data_root, tmp_path, "logging.stragglers.interval=1", nproc=1)
+    assert "resuming from" in resumed.stdout
+    assert sorted(losses(tmp_path)) == [1, 2, 3, 4, 5, 6]
+    assert sorted(valid_losses(tmp_path)) == [0, 3, 6]
