@@ -93,8 +93,8 @@ class StepMetrics(Callback):
             **_precision_state(trainer.engine),
             "consumed_samples": consumed,
             "consumed_tokens": consumed * self.seq_length,
-            # Seconds per step, this rank's (rank 0's in the log); checkpoint: saves since the last log,
-            # this step's included (the callback runs after Checkpointing).
+            # Seconds per step, this rank's (rank 0's in the log); checkpoint: saves since the last log
+            # (the callback runs before Checkpointing, so a save at a logged step counts in the next log).
             "time_data": self.times["time_data"] / steps,
             "time_forward_backward": (self.times["time_forward"] + self.times["time_backward"]) / steps,
             "time_optimizer": self.times["time_optimizer"] / steps,

@@ -110,6 +110,10 @@ def build_callbacks(cfg: Config, config_dict, layout: ParallelLayout, tokenizer:
     tokens_per_step = train.global_batch_size * cfg.model.seq_length
     vocab_size = padded_vocab_size(cfg.model.vocab_size or tokenizer.vocab_size, cfg.model, layout.tensor_parallel_size)
     peak = local_peak_flops(train.precision, train.peak_flops)
+    # Before the save: a kill after a step's checkpoint is sealed must not lose that step's record, which
+    # the resumed run would never log again. Its save therefore counts in the next record's time_checkpoint.
+    callbacks.append(cb.StepMetrics(train.log_interval, tokens_per_step, cfg.model.seq_length, layout.world_size,
+                                    flops_per_token(cfg.model, vocab_size) * tokens_per_step, peak))
     if cfg.logging.stragglers.interval:
         callbacks.append(StragglerDetector(cfg.logging.stragglers))
     callbacks.append(NonFiniteGuard(train.guard))  # before Checkpointing: a bad step is not saved
@@ -124,9 +128,6 @@ def build_callbacks(cfg: Config, config_dict, layout: ParallelLayout, tokenizer:
     if train.step_timeout:
         callbacks.append(StepWatchdog(train.step_timeout))
     callbacks.append(cb.Checkpointing(train.save_interval, train.checkpoint, config))
-    # After the save: a step's record counts the time its own save blocked training.
-    callbacks.append(cb.StepMetrics(train.log_interval, tokens_per_step, cfg.model.seq_length, layout.world_size,
-                                    flops_per_token(cfg.model, vocab_size) * tokens_per_step, peak))
     callbacks.append(cb.Samples(train.sample_prompts, train.sample_tokens, tokenizer, train.seed))
     return callbacks
 
