@@ -47,20 +47,9 @@ class Mixture:
     def __len__(self) -> int:
         return sum(len(d) for d in self.datasets)
 
-    def locate(self, index: int) -> tuple[int, int]:
-        """(dataset, sample within its train split) read at global mixture index `index`."""
-        block, position = divmod(index, BLOCK)
-        pattern, ranks = _block_pattern(self.seed, tuple(self.shares), block)
-        dataset = int(pattern[position])
-        draw = block * int(self.shares[dataset]) + int(ranks[position])
-        epoch, offset = divmod(draw, len(self.datasets[dataset]))
-        order = _dataset_order(len(self.datasets[dataset]), self.seed, dataset, epoch)
-        return dataset, int(order[offset])
-
     def sample_id(self, index: int) -> int:
         """The packed (dataset, sample) id read at global index `index`."""
-        dataset, sample = self.locate(index)
-        return dataset << ID_SHIFT | sample
+        return int(self.sample_ids(np.array([index]))[0])
 
     def sample_ids(self, indices) -> np.ndarray:
         """sample_id of each of `indices` (a range or an int64 array), as one int64 array."""
@@ -78,7 +67,7 @@ class Mixture:
         return ids
 
     def _draws(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The dataset each index reads, and which draw of that dataset overall it is (as locate)."""
+        """The dataset each index reads, and which draw of that dataset overall it is (see the module)."""
         blocks, positions = np.divmod(indices, BLOCK)
         datasets, draws = np.empty_like(indices), np.empty_like(indices)
         for block in np.unique(blocks).tolist():  # a global batch spans one block or two

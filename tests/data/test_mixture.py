@@ -8,7 +8,7 @@ from pipeline import STDLIB
 
 from pretrain.data.clean import clean_corpus
 from pretrain.data.config import CleanConfig, MixtureComponent
-from pretrain.data.loader import ShardedSamples, TrainBatches, global_sample_id
+from pretrain.data.loader import ShardedSamples, TrainBatches, global_sample_id, sample_order
 from pretrain.data.mixture import BLOCK, ID_SHIFT, Mixture, shares
 from pretrain.data.shard import write_shards
 from pretrain.errors import ConfigError
@@ -35,7 +35,7 @@ def test_shares_sum_to_the_block_and_follow_weights():
 
 
 def test_proportions_within_one_percent_over_100k_samples(mixture):
-    counts = collections.Counter(mixture.sample_id(i) >> ID_SHIFT for i in range(100_000))
+    counts = collections.Counter((mixture.sample_ids(range(100_000)) >> ID_SHIFT).tolist())
     for dataset, weight in enumerate([0.5, 0.3, 0.2]):
         assert abs(counts[dataset] / 100_000 - weight) < 0.01
 
@@ -48,11 +48,22 @@ def test_each_dataset_runs_through_whole_epochs(mixture):
     assert draws[size : 2 * size] != draws[:size]
 
 
-def test_sample_ids_are_the_per_index_ids_across_blocks_and_epochs(mixture):
+def located(mixture, index: int) -> int:
+    """The module's definition, one index at a time: the reference for the vectorized sample_ids."""
+    block, position = divmod(index, BLOCK)
+    pattern = np.random.default_rng((mixture.seed, block)).permutation(np.repeat(np.arange(3), mixture.shares))
+    dataset = int(pattern[position])
+    draw = block * int(mixture.shares[dataset]) + int((pattern[:position] == dataset).sum())
+    samples = len(mixture.datasets[dataset])
+    epoch, offset = divmod(draw, samples)
+    sample = int(sample_order(samples, mixture.seed + dataset * 1_000_003, epoch)[offset])
+    return dataset << ID_SHIFT | sample
+
+
+def test_sample_ids_are_the_per_index_definition_across_blocks_and_epochs(mixture):
     smallest = min(len(samples) for samples in mixture.datasets)
     for indices in (range(BLOCK - 5, BLOCK + 300, 3), np.arange(0, 3 * smallest + 7), range(4, 5)):
-        expected = [mixture.sample_id(int(i)) for i in indices]
-        assert mixture.sample_ids(indices).tolist() == expected
+        assert mixture.sample_ids(indices).tolist() == [located(mixture, int(i)) for i in indices]
 
 
 def test_first_dataset_follows_its_single_dataset_order(mixture):
