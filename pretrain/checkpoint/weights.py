@@ -80,12 +80,22 @@ def save_expert_weights(engine, checkpoint_dir: Path) -> None:
 
     if ps.get_expert_data_parallel_rank() != 0:
         return  # the other ranks of its expert-data-parallel group hold the same experts
-    ep_rank = ps.get_expert_model_parallel_rank()
-    experts = {name: param.detach() for name, param in engine.module.named_parameters() if is_expert(param)}
-    local_count = 1 + max(int(LOCAL_EXPERT.fullmatch(name).group(2)) for name in experts)
-    state = {renumber_expert(name, ep_rank * local_count): tensor.clone() for name, tensor in experts.items()}
-    path = checkpoint_dir / EXPERT_FILE.format(ep=f"{ep_rank:02d}", tp=ps.get_tensor_model_parallel_rank())
+    first = local_expert_range(engine.module.config.num_moe_experts).start
+    # A clone: the parameter is a view of a flat buffer, which torch.save would write whole.
+    state = {renumber_expert(name, first): param.detach().clone()
+             for name, param in engine.module.named_parameters() if is_expert(param)}
+    ep_rank = f"{ps.get_expert_model_parallel_rank():02d}"
+    path = checkpoint_dir / EXPERT_FILE.format(ep=ep_rank, tp=ps.get_tensor_model_parallel_rank())
     engine.checkpoint_engine.save(state, str(path))
+
+
+def local_expert_range(num_experts: int) -> range:
+    """The global indices of the experts this expert-parallel rank holds."""
+    from megatron.core import parallel_state as ps
+
+    per_rank = num_experts // ps.get_expert_model_parallel_world_size()
+    first = ps.get_expert_model_parallel_rank() * per_rank
+    return range(first, first + per_rank)
 
 
 def renumber_expert(name: str, shift: int) -> str:

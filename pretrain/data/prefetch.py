@@ -34,16 +34,13 @@ class PrefetchBatches:
         self._thread.start()
 
     def _prepare(self) -> None:
+        if self._device is not None:
+            torch.cuda.set_device(self._device)
         while (start := self._requests.get()) is not None:
             try:
-                self._results.put((self._read(start), None))
+                self._results.put((self.batches.global_batch(start), None))
             except BaseException as error:  # raised in the trainer by the call that wants this batch
                 self._results.put((None, error))
-
-    def _read(self, start: int) -> list[dict]:
-        if self._device is not None:
-            torch.cuda.set_device(self._device)  # nothing to do after the first time
-        return self.batches.global_batch(start)
 
     @property
     def consumed_samples(self) -> int:

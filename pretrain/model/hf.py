@@ -273,10 +273,9 @@ def check_hf_config(hf: dict, cfg: ModelConfig, vocab_size: int, where: Path) ->
     }
     if cfg.moe.enabled:
         ours["num_experts_per_tok"] = (cfg.moe.router_topk, "model.moe.router_topk")
-    for key, theirs in _hf_values(hf, cfg).items():
-        if key not in ours:
-            continue
-        value, our_key = ours[key]
+    theirs_by_key = _hf_values(hf, cfg)
+    for key, (value, our_key) in ours.items():
+        theirs = theirs_by_key[key]
         if theirs != value:
             raise ConfigError(KEY, f"{where}: {key}={theirs} differs from {our_key}={value}")
     model_type = "mixtral" if cfg.moe.enabled else "llama"
@@ -561,19 +560,16 @@ def local_experts(weights: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[st
     """This expert-parallel rank's experts, renamed to their local index; the other weights as they are."""
     if not cfg.moe.enabled:
         return weights
-    from megatron.core import parallel_state as ps
+    from pretrain.checkpoint.weights import LOCAL_EXPERT, local_expert_range, renumber_expert
 
-    from pretrain.checkpoint.weights import LOCAL_EXPERT, renumber_expert
-
-    per_rank = cfg.moe.num_experts // ps.get_expert_model_parallel_world_size()
-    first = ps.get_expert_model_parallel_rank() * per_rank
+    owned = local_expert_range(cfg.moe.num_experts)
     kept = {}
     for name, tensor in weights.items():
         expert = LOCAL_EXPERT.fullmatch(name)
         if expert is None:
             kept[name] = tensor
-        elif first <= int(expert.group(2)) < first + per_rank:
-            kept[renumber_expert(name, -first)] = tensor
+        elif int(expert.group(2)) in owned:
+            kept[renumber_expert(name, -owned.start)] = tensor
     return kept
 
 
